@@ -1,0 +1,137 @@
+"""`scaling` command line: plan, run, submit, status, export, fit, report, tune.
+
+Each subcommand is a function `cmd_<name>(args) -> int` registered in `COMMANDS` with its parser.
+A `ScalingError` becomes one line on stderr and its exit code (2 for bad input); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+
+from scaling.errors import ScalingError
+
+log = logging.getLogger("scaling")
+
+
+def _version() -> str:
+    try:
+        return version("scaling")
+    except PackageNotFoundError:  # running from a source tree without installing
+        return "0+unknown"
+
+
+# --- plan -------------------------------------------------------------------------------------------
+
+def _si(x: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def plan_rows(spec, jobs, device_tflops: float | None) -> list[dict]:
+    rows = []
+    for job in jobs:
+        r = job.resources
+        row = {
+            "run_id": job.run_id, "size": job.size, "params": job.params, "budget": job.budget.label,
+            "seed": job.seed, "steps": job.steps, "batch_size": job.batch_size, "lr": job.lr,
+            "flops_per_step": job.flops_per_step, "total_flops": job.total_flops,
+            "resources": {"nodes": r.nodes, "gpus": r.gpus, "tasks_per_node": r.tasks_per_node, "cpus": r.cpus,
+                          "mem_gb": r.mem_gb, "time_min": r.time_min, "partition": r.partition,
+                          "account": r.account, "qos": r.qos, "constraint": r.constraint},
+            "workdir": job.workdir,
+        }
+        if device_tflops:
+            row["gpu_hours"] = job.gpu_hours(device_tflops * 1e12)
+        rows.append(row)
+    return rows
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from scaling.plan import plan
+    from scaling.spec import load_sweep
+
+    spec = load_sweep(args.sweep)
+    jobs = plan(spec)
+    rows = plan_rows(spec, jobs, args.device_tflops)
+    if args.json:
+        print(json.dumps({"sweep": spec.name, "sha256": spec.sha256, "experiment": spec.experiment,
+                          "backend": spec.launch.backend, "jobs": rows}, indent=2))
+        return 0
+    head = ["run id", "size", "params", "steps", "FLOPs/step", "total FLOPs", "lr", "resources"]
+    if args.device_tflops:
+        head.insert(6, "GPU-h")
+    table = []
+    for row, job in zip(rows, jobs):
+        r = job.resources
+        res = f"{r.nodes}x{r.gpus}gpu {r.cpus}cpu {r.mem_gb:g}G {r.time_min}min" + (f" {r.partition}" if r.partition else "")
+        cells = [row["run_id"], row["size"], f"{job.params:,}", str(job.steps), _si(job.flops_per_step),
+                 _si(job.total_flops), f"{job.lr:.3g}", res]
+        if args.device_tflops:
+            cells.insert(6, f"{row['gpu_hours']:.1f}")
+        table.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
+    print(f"sweep {spec.name} ({spec.source}): {len(jobs)} jobs, backend {spec.launch.backend}, "
+          f"experiment {spec.experiment}")
+    for cells in [head, *table]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
+    total = sum(j.total_flops for j in jobs)
+    line = f"total: {_si(total)} FLOPs"
+    if args.device_tflops:
+        line += f", {sum(r['gpu_hours'] for r in rows):.1f} GPU-hours at {args.device_tflops:g} TFLOP/s achieved"
+    print(line)
+    return 0
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="expand a sweep into its jobs and print them (nothing runs)",
+                       description="Print every job of a sweep: run id, exact parameters, FLOPs, resources.")
+    p.add_argument("sweep", help="sweep YAML file, e.g. sweeps/demo.yaml")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.add_argument("--device-tflops", type=float, default=None, metavar="TFLOPS",
+                   help="achieved TFLOP/s per GPU, to estimate GPU-hours (e.g. 300 for bf16 on an H100 at ~40%% MFU)")
+    p.set_defaults(func=cmd_plan)
+
+
+COMMANDS: list[Callable] = [_add_plan]
+"""Parser builders, one per subcommand, in the order `--help` lists them."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaling",
+        description="Plan, run and track size sweeps of diffusion models, fit scaling laws, predict the largest model.",
+    )
+    parser.add_argument("--version", action="version", version=f"scaling {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except ScalingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
