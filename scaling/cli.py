@@ -70,7 +70,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table = []
     for row, job in zip(rows, jobs):
         r = job.resources
-        res = f"{r.nodes}x{r.gpus}gpu {r.cpus}cpu {r.mem_gb:g}G {r.time_min}min" + (f" {r.partition}" if r.partition else "")
+        res = f"{r.nodes}x{r.gpus}gpu {r.cpus}cpu {r.mem_gb:g}G {r.time_min}min"
+        res += f" {r.partition}" if r.partition else ""
         cells = [row["run_id"], row["size"], f"{job.params:,}", str(job.steps), _si(job.flops_per_step),
                  _si(job.total_flops), f"{job.lr:.3g}", res]
         if args.device_tflops:
