@@ -100,7 +100,20 @@ def _add_plan(sub) -> None:
     p.set_defaults(func=cmd_plan)
 
 
-COMMANDS: list[Callable] = [_add_plan]
+def cmd_spec_doc(args: argparse.Namespace) -> int:
+    from scaling.specdoc import render
+
+    print(render())
+    return 0
+
+
+def _add_spec_doc(sub) -> None:
+    p = sub.add_parser("spec-doc", help="print the sweep-file reference (every key, default and meaning)",
+                       description="Print the sweep-file reference in Markdown (docs/sweep-reference.md).")
+    p.set_defaults(func=cmd_spec_doc)
+
+
+COMMANDS: list[Callable] = [_add_plan, _add_spec_doc]
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 

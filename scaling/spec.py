@@ -209,7 +209,7 @@ class TrainSpec:
     """Training budget and loop settings."""
 
     budget: tuple[Budget, ...] = (Budget("steps", 1000),)
-    "One budget or a list (several budgets give N-data sweeps); see `Budget`."
+    "One budget or a list (N-data sweeps): 600 or '600steps' (steps), '2xC' (× compute-optimal tokens), '1e15flops'."
     batch_size: int = 64
     "Global batch size (split over data-parallel ranks)."
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
@@ -349,8 +349,8 @@ class FitSpec:
     "Laws fitted over the x axis (see `scaling.laws`)."
     x: Literal["params", "flops", "samples", "steps"] = "params"
     "The x axis of the size law."
-    holdout: tuple[str, ...] = ("XL",)
-    "Sizes held out as the target of the backtest (default: the largest, XL)."
+    holdout: tuple[str, ...] = ()
+    "Sizes held out as the target of the backtest; empty: the largest (last) size, e.g. XL."
     metric: str | None = None
     "Metric fitted (default: eval/iw/<evaluation.primary>)."
     bootstrap: int = 1000
@@ -397,6 +397,11 @@ class Spec:
     @property
     def metric(self) -> str:
         return self.fit.metric or f"eval/iw/{self.evaluation.primary}"
+
+    @property
+    def holdout(self) -> tuple[str, ...]:
+        """The sizes held out as the fit's target (`fit.holdout`, else the last size)."""
+        return self.fit.holdout or (list(self.model.sizes)[-1],)
 
     def resources_for(self, size: str, profile: Resources | None = None) -> Resources:
         """Resolved resources of a size: per-size, then `default`, then the profile, then local defaults."""
