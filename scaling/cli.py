@@ -113,7 +113,67 @@ def _add_spec_doc(sub) -> None:
     p.set_defaults(func=cmd_spec_doc)
 
 
-COMMANDS: list[Callable] = [_add_plan, _add_spec_doc]
+# --- submit / resubmit / cancel (SLURM) --------------------------------------------------------------
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from scaling.launch import slurm_commands
+
+    if args.dry_run:
+        print("\n".join(slurm_commands.dry_run(args.sweep, args.cluster)))
+        return 0
+    lines, code = slurm_commands.submit(args.sweep, args.cluster, wait=args.wait, timeout_min=args.timeout_min)
+    print("\n".join(lines))
+    return code
+
+
+def _add_submit(sub) -> None:
+    p = sub.add_parser("submit", help="send a sweep's jobs to SLURM as job arrays (through submitit)",
+                       description="Submit every unfinished job of a sweep to SLURM, one job array per resource "
+                                   "shape; job ids go to <workdir>/<sweep>/slurm_jobs.json. See docs/slurm.md.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--cluster", metavar="NAME", help="cluster profile slurm/NAME.yaml (overrides launch.cluster)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts; submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+    p.add_argument("--timeout-min", type=float, default=None, metavar="MIN",
+                   help="with --wait: give up waiting after MIN minutes (the jobs keep running)")
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    from scaling.launch import slurm_commands
+
+    lines, code = slurm_commands.submit(args.sweep, args.cluster, failed_only=args.failed)
+    print("\n".join(lines))
+    return code
+
+
+def _add_resubmit(sub) -> None:
+    p = sub.add_parser("resubmit", help="submit a SLURM sweep's failed, cancelled or unfinished jobs again",
+                       description="Submit again the jobs whose SLURM job failed, was cancelled, timed out or "
+                                   "vanished (and, without --failed, those never submitted); they resume from "
+                                   "their checkpoints in the same MLflow runs.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--failed", action="store_true", help="only jobs whose last SLURM job ended without finishing")
+    p.add_argument("--cluster", metavar="NAME", help="cluster profile slurm/NAME.yaml (overrides launch.cluster)")
+    p.set_defaults(func=cmd_resubmit)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from scaling.launch import slurm_commands
+
+    print("\n".join(slurm_commands.cancel(args.sweep, args.cluster)))
+    return 0
+
+
+def _add_cancel(sub) -> None:
+    p = sub.add_parser("cancel", help="cancel a SLURM sweep's queued and running jobs (scancel)",
+                       description="scancel every job of the sweep recorded in slurm_jobs.json; checkpoints stay.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--cluster", metavar="NAME", help="cluster profile slurm/NAME.yaml (overrides launch.cluster)")
+    p.set_defaults(func=cmd_cancel)
+
+
+COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_submit, _add_resubmit, _add_cancel]
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 
