@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def count(ctx) -> dict:
-    step_s = float(os.environ.get("SCALING_TEST_STEP_S", "0.05"))
+    step_s = float(os.environ.get(f"SCALING_TEST_STEP_S_{ctx.job.size}", os.environ.get("SCALING_TEST_STEP_S", "0.05")))
     step = int(ctx.resume_state["step"]) if ctx.resume_state else 0
     with open(Path(ctx.job.workdir) / "attempts.txt", "a") as fh:
         fh.write(f"{os.environ.get('SLURM_RESTART_COUNT', '0')} {step}\n")
