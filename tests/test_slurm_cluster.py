@@ -7,7 +7,9 @@ signals, checkpoints and the MLflow run resumed by run id are all real.
 
 from __future__ import annotations
 
+import json
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ import pytest
 import yaml
 
 from scaling.errors import LaunchError
-from scaling.launch.slurm import SlurmLauncher
+from scaling.launch.slurm import SlurmLauncher, master_port
 from scaling.spec import load_sweep
 
 from .conftest import REPO
@@ -73,7 +75,8 @@ def drill(tmp_path_factory):
     """One sweep, six jobs, every fault at once (so they overlap in time):
     A: runs to the end; T: time_min 1, 55 s of steps, USR2 25-55 s after its start -> checkpoint, requeue, finish;
     Q: `scontrol requeue` while running; I: submitit's interrupt (preemption: SIGTERM then USR2);
-    C: cancelled while running, then `resubmit --failed`; P: cancelled while still pending.
+    C: cancelled while running, then `resubmit --failed`; P: cancelled while still pending;
+    D: two tasks (one per "GPU") that form a gloo process group from submitit's JobEnvironment.
     A, Q, I and C share their resources, so they go as one job array."""
     tmp_path = tmp_path_factory.mktemp("drill")
     mp = pytest.MonkeyPatch()
@@ -86,8 +89,9 @@ def drill(tmp_path_factory):
     (tmp_path / "tight.yaml").write_text(yaml.safe_dump({
         "partitions": ["debug"], "signal_delay_s": 5,
         "defaults": {"partition": "debug", "mem_gb": 0.25, "time_min": 5}}))
-    path = write_sweep(tmp_path, "drill", ["A", "T", "Q", "I", "C", "P"], STEPS, {
-        "T": {"time_min": 1}, "P": {"extra_sbatch": ["--begin=now+3600"]}}, cluster="tight", max_requeues=6)
+    path = write_sweep(tmp_path, "drill", ["A", "T", "Q", "I", "C", "P", "D"], STEPS, {
+        "T": {"time_min": 1}, "P": {"extra_sbatch": ["--begin=now+3600"]}, "D": {"tasks_per_node": 2}},
+        cluster="tight", max_requeues=6)
     launcher = SlurmLauncher(load_sweep(path), poll_s=1, timeout_s=400)
     jobs = {j.size: j for j in launcher.plan()}
     out = {"launcher": launcher, "jobs": jobs, "scripts": launcher.render(list(jobs.values()))}
@@ -106,7 +110,7 @@ def drill(tmp_path_factory):
     resubmitted = launcher.resubmittable([jobs["C"]], failed_only=True)
     assert [j.size for j in resubmitted] == ["C"]
     handles["C2"] = launcher.submit(resubmitted)[0]
-    keys = ["A", "T", "Q", "I", "C2"]
+    keys = ["A", "T", "Q", "I", "C2", "D"]
     out["results"] = dict(zip(keys, launcher.wait([handles[k] for k in keys])))
     out["status"] = {s.run_id: s for s in launcher.status(list(jobs.values()))}
     yield out
@@ -178,6 +182,18 @@ def test_resubmit_failed_resumes_from_the_checkpoint(drill):
     record = drill["launcher"].records.load()[drill["jobs"]["C"].run_id]
     assert record.previous == (drill["handles"]["C"].backend_id,) and record.job_id == drill["handles"]["C2"].backend_id
     assert tries[-1][0] == 0  # a new SLURM job, not a requeue
+
+
+def test_one_task_per_gpu_gets_rank_and_master_from_submitit(drill):
+    job, result = drill["jobs"]["D"], drill["results"]["D"]
+    assert (result.status, result.step, result.metrics["world_size"]) == ("FINISHED", STEPS, 2.0)
+    ranks = [json.loads((Path(job.workdir) / f"rank{r}.json").read_text()) for r in (0, 1)]
+    job_id = drill["handles"]["D"].backend_id
+    assert [(e["RANK"], e["SLURM_PROCID"], e["WORLD_SIZE"], e["LOCAL_RANK"], e["distributed"]) for e in ranks] == [
+        ("0", "0", "2", "0", True), ("1", "1", "2", "1", True)]
+    assert {e["MASTER_ADDR"] for e in ranks} == {socket.gethostname()}
+    assert {e["MASTER_PORT"] for e in ranks} == {str(master_port(job_id))} and ranks[0]["SLURM_JOB_ID"] == job_id
+    assert "#SBATCH --ntasks-per-node=2" in drill["scripts"][3][1]
 
 
 def test_sbatch_rejections_name_the_job_and_slurms_message(tmp_path, monkeypatch):
