@@ -65,11 +65,12 @@ def master_port(job_id: str) -> int:
 class SlurmRunner(Checkpointable):
     """What a SLURM task runs: the job's runner, with the rank variables set from submitit's JobEnvironment.
 
-    `checkpoint()` (called by submitit's USR2 handler) returns the runner's own `checkpoint()` wrapped in
-    a `DelayedSubmission`, so `scaling.train` never imports submitit."""
+    The runner is built inside the job (`factory(spec, job)`), so submitting never imports torch.
+    `checkpoint()` (called by submitit's USR2 handler) wraps the runner's own `checkpoint()` in a
+    `DelayedSubmission`, so `scaling.train` never imports submitit."""
 
-    def __init__(self, runner: Callable[[], Any]):
-        self.runner = runner
+    def __init__(self, spec: Spec, job: Job, factory: RunnerFactory, runner: Callable[[], Any] | None = None):
+        self.spec, self.job, self.factory, self.runner = spec, job, factory, runner
 
     def __call__(self) -> Any:
         env = submitit.JobEnvironment()
@@ -78,6 +79,8 @@ class SlurmRunner(Checkpointable):
             "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(master_port(env.raw_job_id)),
         })
         env.paths.result_pickle.unlink(missing_ok=True)  # a requeued attempt must not leave the last one's
+        if self.runner is None:
+            self.runner = self.factory(self.spec, self.job)
         result = self.runner()
         if getattr(result, "status", None) == "KILLED":
             # Stopped by SIGTERM (scancel, scontrol requeue, preemption): SLURM kills or requeues us within
@@ -87,7 +90,8 @@ class SlurmRunner(Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
         inner = getattr(self.runner, "checkpoint", None)
-        return DelayedSubmission(SlurmRunner(inner(*args, **kwargs) if inner else self.runner))
+        runner = inner(*args, **kwargs) if inner else None
+        return DelayedSubmission(SlurmRunner(self.spec, self.job, self.factory, runner))
 
 
 def mem_text(mem_gb: float) -> str:
@@ -262,7 +266,7 @@ class SlurmLauncher(Launcher):
         executor = self._executor(params)
         self.folder.mkdir(parents=True, exist_ok=True)
         before = set(self.folder.glob("*.pkl"))
-        runners = [SlurmRunner(self.runner_factory(self.spec, job)) for job in group]
+        runners = [SlurmRunner(self.spec, job, self.runner_factory) for job in group]
         try:
             submitted = executor.submit_array(runners)
         except FailedJobError as e:
