@@ -327,8 +327,9 @@ class RunLog:
         with self._cond:
             if self._closing:
                 raise TrackError(f"run {self.run_id} is finished; open it again to log more")
+            was_empty = not self._items
             self._items.extend(batch)
-            if len(self._items) >= MAX_BATCH:
+            if was_empty or len(self._items) >= MAX_BATCH:  # wake the sender: a timer starts, or a batch is full
                 self._cond.notify_all()
 
     def log_json_artifact(self, name: str, obj: Any) -> None:
