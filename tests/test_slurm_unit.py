@@ -13,8 +13,8 @@ import yaml
 
 from scaling.errors import LaunchError, SpecError
 from scaling.launch import slurm_queue
-from scaling.launch.profiles import load_profile, parse_profile
-from scaling.launch.slurm import SlurmLauncher, extra_options, master_port, sbatch_parameters
+from scaling.launch.profiles import extra_options, load_profile, parse_profile, sbatch_parameters
+from scaling.launch.slurm import SlurmLauncher, master_port
 from scaling.launch.slurm_queue import JobRecord, JobRecords, expand_ids, query, word_of
 from scaling.spec import Resources, load_sweep, parse_sweep
 

@@ -1,4 +1,5 @@
-"""SLURM cluster profiles: `slurm/<name>.yaml` -> a frozen, validated `ClusterProfile`.
+"""SLURM cluster profiles: `slurm/<name>.yaml` -> a frozen, validated `ClusterProfile`; and what a
+profile plus a job's resources become as sbatch options (`sbatch_parameters`).
 
 A profile says what every sweep on that cluster shares (partitions, account, GPU type, default resources,
 the shell set-up of a job), so a sweep only says `launch.cluster: <name>` (or `scaling submit --cluster
@@ -9,8 +10,11 @@ the dotted key, like sweep files do.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -132,3 +136,46 @@ def load_profile(name: str, sweep_source: str | Path | None = None) -> ClusterPr
     if data is not None and not isinstance(data, dict):
         raise SpecError(f"the top level must be a mapping of keys, got {describe(data)}", source=str(path))
     return parse_profile(data or {}, path.stem, str(path))
+
+
+def mem_text(mem_gb: float) -> str:
+    return f"{int(mem_gb)}G" if float(mem_gb).is_integer() else f"{round(mem_gb * 1024)}M"
+
+
+def extra_options(lines: Sequence[str], where: str) -> dict[str, Any]:
+    """Free-form sbatch lines (`--exclusive`, `#SBATCH --reservation=x`) -> {option: value or True}."""
+    out: dict[str, Any] = {}
+    for i, raw in enumerate(lines):
+        text = raw.strip()
+        text = text[len("#SBATCH"):].strip() if text.startswith("#SBATCH") else text
+        m = re.fullmatch(r"--([a-z][a-z0-9-]*)(?:[= ](.+))?", text)
+        if not m:
+            raise SpecError(f"expected a long sbatch option like '--exclusive' or '--reservation=x', got {raw!r}",
+                            f"{where}.extra_sbatch[{i}]")
+        out[m.group(1)] = m.group(2).strip() if m.group(2) else True
+    return out
+
+
+def sbatch_parameters(res: Resources, profile: ClusterProfile, job_name: str, where: str) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters for one resource shape: one task per GPU (or `tasks_per_node`)."""
+    gpus = res.gpus or 0
+    params: dict[str, Any] = {
+        "job_name": job_name, "time": int(res.time_min or 60), "nodes": int(res.nodes or 1),
+        "ntasks_per_node": int(res.tasks_per_node or max(gpus, 1)), "cpus_per_task": int(res.cpus or 1),
+        "signal_delay_s": profile.signal_delay_s,
+    }
+    if res.mem_gb:
+        params["mem"] = mem_text(res.mem_gb)
+    if gpus:
+        params["gpus_per_node"] = f"{profile.gpu_type}:{gpus}" if profile.gpu_type else gpus
+    for key in ("partition", "account", "qos", "constraint", "array_parallelism"):
+        if getattr(res, key) is not None:
+            params[key] = getattr(res, key)
+    if profile.setup:
+        params["setup"] = list(profile.setup)
+    if profile.srun_args:
+        params["srun_args"] = list(profile.srun_args)
+    extra = extra_options(res.extra_sbatch or (), where)
+    if extra:
+        params["additional_parameters"] = extra
+    return params

@@ -37,7 +37,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from scaling.errors import LaunchError, SpecError
 from scaling.launch.base import Handle, JobStatus, Launcher, ProgressFn, log_dir
-from scaling.launch.profiles import ClusterProfile, check_resources, load_profile
+from scaling.launch.profiles import ClusterProfile, check_resources, load_profile, sbatch_parameters
 from scaling.launch.slurm_queue import JobRecord, JobRecords, QueueState, query, scancel
 from scaling.plan import Job, plan
 from scaling.spec import Resources, Spec
@@ -73,6 +73,7 @@ class SlurmRunner(Checkpointable):
         self.spec, self.job, self.factory, self.runner = spec, job, factory, runner
 
     def __call__(self) -> Any:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
         env = submitit.JobEnvironment()
         os.environ.update({
             "RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
@@ -92,49 +93,6 @@ class SlurmRunner(Checkpointable):
         inner = getattr(self.runner, "checkpoint", None)
         runner = inner(*args, **kwargs) if inner else None
         return DelayedSubmission(SlurmRunner(self.spec, self.job, self.factory, runner))
-
-
-def mem_text(mem_gb: float) -> str:
-    return f"{int(mem_gb)}G" if float(mem_gb).is_integer() else f"{round(mem_gb * 1024)}M"
-
-
-def extra_options(lines: Sequence[str], where: str) -> dict[str, Any]:
-    """Free-form sbatch lines (`--exclusive`, `#SBATCH --reservation=x`) -> {option: value or True}."""
-    out: dict[str, Any] = {}
-    for i, raw in enumerate(lines):
-        text = raw.strip()
-        text = text[len("#SBATCH"):].strip() if text.startswith("#SBATCH") else text
-        m = re.fullmatch(r"--([a-z][a-z0-9-]*)(?:[= ](.+))?", text)
-        if not m:
-            raise SpecError(f"expected a long sbatch option like '--exclusive' or '--reservation=x', got {raw!r}",
-                            f"{where}.extra_sbatch[{i}]")
-        out[m.group(1)] = m.group(2).strip() if m.group(2) else True
-    return out
-
-
-def sbatch_parameters(res: Resources, profile: ClusterProfile, job_name: str, where: str) -> dict[str, Any]:
-    """submitit SlurmExecutor parameters for one resource shape: one task per GPU (or `tasks_per_node`)."""
-    gpus = res.gpus or 0
-    params: dict[str, Any] = {
-        "job_name": job_name, "time": int(res.time_min or 60), "nodes": int(res.nodes or 1),
-        "ntasks_per_node": int(res.tasks_per_node or max(gpus, 1)), "cpus_per_task": int(res.cpus or 1),
-        "signal_delay_s": profile.signal_delay_s,
-    }
-    if res.mem_gb:
-        params["mem"] = mem_text(res.mem_gb)
-    if gpus:
-        params["gpus_per_node"] = f"{profile.gpu_type}:{gpus}" if profile.gpu_type else gpus
-    for key in ("partition", "account", "qos", "constraint", "array_parallelism"):
-        if getattr(res, key) is not None:
-            params[key] = getattr(res, key)
-    if profile.setup:
-        params["setup"] = list(profile.setup)
-    if profile.srun_args:
-        params["srun_args"] = list(profile.srun_args)
-    extra = extra_options(res.extra_sbatch or (), where)
-    if extra:
-        params["additional_parameters"] = extra
-    return params
 
 
 @dataclass(frozen=True)
@@ -249,6 +207,11 @@ class SlurmLauncher(Launcher):
             raise LaunchError(f"sbatch is not on the PATH, so {len(todo)} jobs ({_names(todo)}) were not submitted: "
                               "run scaling submit on a SLURM login node (or start the dev cluster: "
                               "bash slurm/dev-cluster.sh start)")
+        uri = self.spec.tracking.uri or ""
+        if todo and uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            from scaling.track import ensure_store
+
+            ensure_store(uri)  # a brand-new sqlite store must exist before array tasks write to it at once
         new_records = []
         for res, group in self.groups(todo):
             ids = self._submit_group(res, group)

@@ -1,6 +1,6 @@
-"""What `scaling submit / resubmit / cancel` (and `status` for SLURM sweeps) do; the CLI only prints.
+"""What `scaling submit / resubmit / cancel` (and `status` of SLURM sweeps) do; the CLI only prints.
 
-Each function takes the sweep file and the `--cluster` override and returns the lines to print.
+Each command function takes the sweep file and the `--cluster` override and returns the lines to print.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from scaling.launch.slurm import SlurmJobStatus, SlurmLauncher
 from scaling.plan import Job
-from scaling.spec import load_sweep
+from scaling.spec import Spec, load_sweep
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ def cancel(sweep: str | Path, cluster: str | None = None) -> list[str]:
             f"(scaling resubmit {sweep} --failed resumes them)"]
 
 
+def submitted(spec: Spec) -> bool:
+    """Whether `scaling submit` sent this sweep to SLURM (its slurm_jobs.json exists)."""
+    return (Path(spec.launch.workdir) / spec.name / "slurm_jobs.json").exists()
+
+
 def _num(x: float | None) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.4g}"
 
@@ -105,7 +110,3 @@ def status_lines(statuses: Sequence[SlurmJobStatus]) -> list[str]:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *rows]]
 
-
-def status(sweep: str | Path, cluster: str | None = None) -> list[str]:
-    launcher = open_sweep(sweep, cluster)
-    return status_lines(launcher.status(launcher.plan()))
