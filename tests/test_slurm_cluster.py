@@ -94,7 +94,7 @@ def drill(tmp_path_factory):
         cluster="tight", max_requeues=6)
     launcher = SlurmLauncher(load_sweep(path), poll_s=1, timeout_s=400)
     jobs = {j.size: j for j in launcher.plan()}
-    out = {"launcher": launcher, "jobs": jobs, "scripts": launcher.render(list(jobs.values()))}
+    out = {"launcher": launcher, "jobs": jobs, "scripts": launcher.render(list(jobs.values())), "path": path}
     handles = out["handles"] = {h.job.size: h for h in launcher.submit(list(jobs.values()))}
     deadline = time.monotonic() + 150
     while not all(list((Path(jobs[s].workdir) / "checkpoints").glob("step-*.pt")) for s in "QIC"):
@@ -195,6 +195,28 @@ def test_one_task_per_gpu_gets_rank_and_master_from_submitit(drill):
     assert {e["MASTER_ADDR"] for e in ranks} == {socket.gethostname()}
     assert {e["MASTER_PORT"] for e in ranks} == {str(master_port(job_id))} and ranks[0]["SLURM_JOB_ID"] == job_id
     assert "#SBATCH --ntasks-per-node=2" in drill["scripts"][3][1]
+
+
+def test_cli_status_resubmit_and_cancel(drill, capsys):
+    from scaling.cli import main
+
+    path, jobs = str(drill["path"]), drill["jobs"]
+    assert main(["status", path]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows[jobs["A"].run_id][1:3] == ["completed", drill["handles"]["A"].backend_id]
+    assert rows[jobs["P"].run_id][1] == "cancelled" and rows[jobs["T"].run_id][3] != "0"
+    assert main(["resubmit", path, "--failed"]) == 0  # only P ended without finishing (it waits an hour to start)
+    out = capsys.readouterr().out
+    new_id = drill["launcher"].records.load()[jobs["P"].run_id].job_id
+    assert f"{new_id:<12} {jobs['P'].run_id}" in out
+    assert sum(line.startswith("    ") for line in out.splitlines()) == 1
+    assert main(["cancel", path]) == 0
+    assert capsys.readouterr().out.startswith(f"sweep drill: cancelled SLURM jobs {new_id};")
+    deadline = time.monotonic() + 20  # sacct may show the job as pending for a moment after scancel
+    while drill["launcher"].status([jobs["P"]])[0].slurm_state != "cancelled":
+        assert time.monotonic() < deadline, "a cancelled job was not reported cancelled"
+        time.sleep(0.5)
+    assert main(["cancel", path]) == 0 and "no queued or running SLURM jobs" in capsys.readouterr().out
 
 
 def test_sbatch_rejections_name_the_job_and_slurms_message(tmp_path, monkeypatch):

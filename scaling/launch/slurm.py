@@ -305,11 +305,14 @@ class SlurmLauncher(Launcher):
         status = "KILLED" if word == "cancelled" else "FAILED"
         return JobResult(job.run_id, status, _last_step(job), {}, f"{word} ({detail}; {where})")
 
-    def cancel(self, jobs: Sequence[Job]) -> None:
+    def cancel(self, jobs: Sequence[Job]) -> list[str]:
+        """scancel the jobs' SLURM jobs that have not ended; returns their ids."""
         records = self.records.load()
-        ids = [records[j.run_id].job_id for j in jobs if j.run_id in records]
+        states = query([records[j.run_id].job_id for j in jobs if j.run_id in records])
+        ids = [job_id for job_id, state in states.items() if not state.done]
         scancel(ids)
         log.info("cancelled %d SLURM jobs", len(ids))
+        return ids
 
     def status(self, jobs: Sequence[Job], summaries: dict | None = None,
                states: dict[str, QueueState] | None = None) -> list[SlurmJobStatus]:

@@ -82,12 +82,11 @@ def submit(sweep: str | Path, cluster: str | None = None, wait: bool = False, ti
 
 def cancel(sweep: str | Path, cluster: str | None = None) -> list[str]:
     launcher = open_sweep(sweep, cluster)
-    jobs = launcher.plan()
-    records = launcher.records.load()
-    launcher.cancel(jobs)
-    ids = [records[j.run_id].job_id for j in jobs if j.run_id in records]
-    if not ids:
+    if not launcher.records.load():
         return [f"sweep {launcher.spec.name}: nothing was submitted ({launcher.records.path} has no jobs)"]
+    ids = launcher.cancel(launcher.plan())
+    if not ids:
+        return [f"sweep {launcher.spec.name}: no queued or running SLURM jobs"]
     return [f"sweep {launcher.spec.name}: cancelled SLURM jobs {' '.join(ids)}; checkpoints are kept "
             f"(scaling resubmit {sweep} --failed resumes them)"]
 
