@@ -232,10 +232,25 @@ class Tracker:
             rid = run.data.tags.get(TAG_RUN_ID) or run.info.run_name or run.info.run_id
             if rid in out:
                 continue
-            steps = [m.step for m in run.data._metric_objs]
+            steps = [m.step for m in getattr(run.data, "_metric_objs", ())]
             out[rid] = RunSummary(rid, run.info.run_id, run.info.status, max(steps) if steps else None,
                                   dict(run.data.metrics), self.run_url(run.info.run_id), run.data.tags.get(TAG_REASON))
         return out
+
+    def end_run(self, run_id: str, status: str, reason: str | None = None) -> bool:
+        """Set the final status of `run_id`'s run if it is still RUNNING (a job that died without ending it).
+
+        Returns True if a run was changed."""
+        if status not in STATUSES:
+            raise TrackError(f"status {status!r} is not a final status; valid: {', '.join(STATUSES)}")
+        runs = [r for r in self.find_runs(run_id) if r.info.status == "RUNNING"]
+        if runs:
+            mid = runs[0].info.run_id
+            if reason:
+                _retry(lambda: self.client.set_tag(mid, TAG_REASON, str(reason)[:5000]), f"tagging {run_id}")
+            _retry(lambda: self.client.set_terminated(mid, status=status), f"setting {run_id} to {status}")
+            log.info("%s: run %s marked %s (%s)", run_id, mid, status, reason)
+        return bool(runs)
 
     def open_run(self, run_id: str, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
                  flush_interval: float = 5.0) -> RunLog:

@@ -91,14 +91,17 @@ def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys):
     assert summaries[s.run_id].status == summaries[big.run_id].status == "FINISHED"
 
 
-def _wait_for_step(tracker: Tracker, run_id: str, step: int, timeout: float = 120) -> None:
+def _wait_for_step(job, step: int, not_pid: int | None = None, timeout: float = 120) -> int:
+    """Wait until the job's trainer (a process other than `not_pid`) reports `step`; return its pid."""
+    path = Path(job.workdir) / "progress.txt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        summary = tracker.summaries().get(run_id)
-        if summary is not None and summary.step is not None and summary.step >= step:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{run_id} did not reach step {step} in {timeout} s")
+        if path.exists() and path.read_text().strip():
+            pid, at = map(int, path.read_text().split())
+            if at >= step and pid != not_pid:
+                return pid
+        time.sleep(0.05)
+    raise AssertionError(f"{job.run_id} did not reach step {step} in {timeout} s")
 
 
 @pytest.mark.slow
@@ -111,7 +114,7 @@ def test_interrupted_jobs_resume_the_same_run_without_duplicates(tmp_path, monke
 
     # 1. a graceful stop (SIGTERM): the job saves a checkpoint and ends KILLED
     handles = launcher.submit([job])
-    _wait_for_step(tracker, job.run_id, 5)
+    first_pid = _wait_for_step(job, 5)
     launcher.cancel([job])
     [result] = launcher.wait(handles)
     assert result.status == "KILLED"
@@ -121,21 +124,23 @@ def test_interrupted_jobs_resume_the_same_run_without_duplicates(tmp_path, monke
     launcher = get_launcher(spec)
     handles = launcher.submit([job])
     first_step = tracker.summaries()[job.run_id].step
-    _wait_for_step(tracker, job.run_id, 21)
+    _wait_for_step(job, 21, not_pid=first_pid)
     controller = int(handles[0].native.sjob.job_id)
     children = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
     for pid in [*children, controller]:
         os.kill(int(pid), signal.SIGKILL)
-    [result] = launcher.wait(handles)
-    assert result.status in ("FAILED", "KILLED")
-    [st] = get_launcher(spec).status([job])  # the run says RUNNING, its process is gone
+    time.sleep(0.5)
+    [st] = get_launcher(spec).status([job])  # seen from another process: the run says RUNNING, no process
     assert st.state == "KILLED" and "process is gone" in st.reason
+    [result] = launcher.wait(handles)  # the launcher that started it ends its run: killed by a signal
+    assert result.status == "KILLED" and "log: " in result.reason
+    assert tracker.summaries()[job.run_id].status == "KILLED"
 
     # 3. relaunch: the same MLflow run continues from the last checkpoint and finishes
     launcher = get_launcher(spec)
     [result] = launcher.wait(launcher.submit([job]))
     assert result.status == "FINISHED" and result.step == 40
-    assert len(attempts(job)) == 2 and first_step >= 5  # the SIGKILLed attempt could not write its line
+    assert len(attempts(job)) == 2 and 5 <= first_step < 21  # the SIGKILLed attempt could not write its line
 
     runs = MlflowClient(spec.tracking.uri).search_runs([tracker.experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags[TAG_ATTEMPT] == "3"
@@ -144,3 +149,21 @@ def test_interrupted_jobs_resume_the_same_run_without_duplicates(tmp_path, monke
     table = export_table(spec.tracking.uri, spec.experiment)
     assert list(table["step"]) == list(range(1, 41))
     assert list(table["samples"]) == [float(s * job.batch_size) for s in range(1, 41)]
+
+
+@pytest.mark.slow
+def test_the_built_in_trainer_through_scaling_run(tmp_path, tiny_sweep, capsys):
+    for module in ("scaling.data", "scaling.diffusion", "scaling.evaluate"):
+        pytest.importorskip(module, reason="the built-in trainer needs it")
+    assert main(["run", str(tiny_sweep), "--no-fit"]) == 0
+    spec = load_sweep(tiny_sweep)
+    table = export_table(spec.tracking.uri, spec.experiment)
+    jobs = plan(spec)
+    assert sorted(table["run_id"].unique()) == sorted(j.run_id for j in jobs)
+    assert set(table["status"]) == {"FINISHED"} and not table.duplicated(["run_id", "step"]).any()
+    primary = f"eval/iw/{spec.evaluation.primary}"
+    last = table.dropna(subset=[primary]).groupby("run_id")["step"].max()
+    assert all(last[j.run_id] == j.steps for j in jobs)
+    client = MlflowClient(spec.tracking.uri)
+    for run in client.search_runs([Tracker(spec.tracking.uri, spec.experiment).experiment_id]):
+        assert "lambda_grid.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
