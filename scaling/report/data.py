@@ -47,7 +47,8 @@ def rename_columns(table: pd.DataFrame, size_col: str | None = None, params_col:
     mapping = {src: dst for src, dst in ((size_col, "size"), (params_col, "params"), (step_col, "step")) if src}
     missing = [src for src in mapping if src not in table.columns]
     if missing:
-        raise ReportError(f"column(s) {', '.join(missing)} not in the table; columns: {', '.join(map(str, table.columns))}")
+        columns = ", ".join(map(str, table.columns))
+        raise ReportError(f"column(s) {', '.join(missing)} not in the table; columns: {columns}")
     table = table.rename(columns=mapping)
     if "run_id" not in table.columns and "size" in table.columns:  # one run per size in a foreign table
         table = table.assign(run_id=table["size"].astype(str))
@@ -175,7 +176,8 @@ def sweep_notes(runs: list[Run], expected_sizes: Iterable[str] = (), holdout: It
     holdout = set(holdout)
     for size in expected_sizes:
         if size not in present:
-            role = " (the held-out size: there is nothing to compare the prediction with yet)" if size in holdout else ""
+            role = (" (the held-out size: there is nothing to compare the prediction with yet)"
+                    if size in holdout else "")
             notes.append(f"{size} has no evaluated run in the table: not started, not evaluated yet, "
                          f"or not exported{role}.")
     for run in runs:

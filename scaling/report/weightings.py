@@ -8,7 +8,7 @@ drawn scaled to a maximum of 1.
 |---|---|---|
 | `laplace` | exp(−|λ−μ|/b) / 2b, μ = 0, b = 0.5 | Hang & Gu 2024, "Improved noise schedule for diffusion training" |
 | `uniform` | 1/(hi−lo) on [lo, hi] | flat in λ |
-| `min_snr` | min(1, γ·e^−λ), γ = 5 (on the ε loss) | Hang et al. 2023, "Efficient diffusion training via min-SNR weighting" |
+| `min_snr` | min(1, γ·e^−λ), γ = 5 (on the ε loss) | Hang et al. 2023 (min-SNR weighting strategy) |
 | `edm` | p(λ)·(e^−λ + σ_d²)/σ_d², ln σ ~ N(P_mean, P_std²), σ = e^(−λ/2) | Karras et al. 2022 (EDM) |
 | `logit_normal` | density of λ = −2·logit(t), logit(t) ~ N(m, s²) | Esser et al. 2024 (SD3) |
 | `cosine` | sech(λ/2) / 2π, the λ density of the cosine schedule | Nichol & Dhariwal 2021 |
