@@ -99,7 +99,40 @@ def _add_plan(sub) -> None:
     p.set_defaults(func=cmd_plan)
 
 
-COMMANDS: list[Callable] = [_add_plan]
+# --- report -----------------------------------------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from scaling.report import report_from_files
+
+    result = report_from_files(args.sweep, args.table, args.fits, args.out, metric=args.metric,
+                               size_col=args.size_col, params_col=args.params_col, step_col=args.step_col,
+                               mlflow_uri=args.mlflow_uri)
+    print(f"report: {result.out / 'index.html'} ({len(result.figures)} figures; also report.md, figures/*.png|svg)")
+    for line in result.status:
+        print(f"partial sweep: {line}")
+    for line in result.problems:
+        print(f"note: {line}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="draw the figures and write the HTML/Markdown report of a sweep",
+                       description="Write reports/<sweep>/index.html (self-contained), report.md and each figure "
+                                   "as PNG and SVG from the exported table and the fit results. Never refits.")
+    p.add_argument("sweep", nargs="?", help="sweep YAML file: reads runs/<sweep>/table.csv and fits/<sweep>/")
+    p.add_argument("--table", help="tidy table CSV (default: runs/<sweep>/table.csv)")
+    p.add_argument("--fits", "--fit", action="append", metavar="PATH",
+                   help="fit result file or folder of them (repeatable; default: fits/<sweep>/)")
+    p.add_argument("--out", help="report folder (default: reports/<sweep>)")
+    p.add_argument("--metric", help="loss column to draw (default: the sweep's fit metric, else eval/iw/laplace)")
+    p.add_argument("--size-col", help="column holding the size name, for tables from elsewhere")
+    p.add_argument("--params-col", help="column holding the parameter count, for tables from elsewhere")
+    p.add_argument("--step-col", help="column holding the training step, for tables from elsewhere")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI shown in the footer and used for run links")
+    p.set_defaults(func=cmd_report)
+
+
+COMMANDS: list[Callable] = [_add_plan, _add_report]
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 

@@ -5,7 +5,7 @@ Never refits (the laws are evaluated from `FitResult`s) and never imports torch,
 `out/figures/<name>.png|svg`. See docs/reports.md for how to read one.
 """
 
-from scaling.report.build import ReportResult, build_report, load_fits, report_paths
+from scaling.report.build import ReportResult, build_report, load_fits, report_from_files, report_paths
 from scaling.report.data import lambda_grid, load_table, rename_columns
 from scaling.report.figures import (
     plot_compute,
@@ -19,5 +19,5 @@ from scaling.report.figures import (
 __all__ = [
     "ReportResult", "build_report", "lambda_grid", "load_fits", "load_table", "plot_compute", "plot_level_gain",
     "plot_level_losses", "plot_loss_vs_params", "plot_loss_vs_steps", "plot_weighting_backtest", "rename_columns",
-    "report_paths",
+    "report_from_files", "report_paths",
 ]

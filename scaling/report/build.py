@@ -219,7 +219,7 @@ def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path
         ),
     )
     _write_atomically(out, page, svgs)
-    log.info("report written to %s (%d figures)", out / "index.html", len(rendered))
+    log.debug("report written to %s (%d figures)", out / "index.html", len(rendered))
     return ReportResult(out, tuple(f.name for f in rendered), tuple(status), tuple(problems))
 
 
@@ -266,3 +266,19 @@ def report_paths(spec: Spec | None, table: str | Path | None, fits: Sequence[str
     fit_paths = [Path(p) for p in fits] if fits else ([Path("fits") / spec.name] if spec else [])
     out_path = Path(out) if out else Path("reports") / spec.name
     return table_path, fit_paths, out_path
+
+
+def report_from_files(sweep: str | Path | None = None, table: str | Path | None = None,
+                      fits: Sequence[str | Path] | None = None, out: str | Path | None = None, *,
+                      metric: str | None = None, size_col: str | None = None, params_col: str | None = None,
+                      step_col: str | None = None, mlflow_uri: str | None = None,
+                      loader: TableLoader | None = None) -> ReportResult:
+    """`scaling report`: load the sweep (optional), the table (through `loader`, default `load_table`) and
+    the fit files, then `build_report`. Defaults: `runs/<sweep>/table.csv`, `fits/<sweep>/`, `reports/<sweep>/`."""
+    from scaling.spec import load_sweep
+
+    spec = load_sweep(sweep) if sweep else None
+    table_path, fit_paths, out_path = report_paths(spec, table, fits, out)
+    frame = D.rename_columns((loader or D.load_table)(table_path), size_col, params_col, step_col)
+    results, problems = load_fits(fit_paths)
+    return build_report(frame, results, out_path, spec=spec, metric=metric, problems=problems, mlflow_uri=mlflow_uri)

@@ -87,9 +87,9 @@ def render_html(page: Page) -> str:
     if page.status:
         parts.append("<h2>Sweep status: partial</h2>" + _list_html(page.status, "status"))
     else:
-        parts.append('<div class="ok">Every run of the sweep finished.</div>')
+        parts.append('<div class="ok">Every run in the table finished.</div>')
     if page.problems:
-        parts.append("<h2>Inputs not used</h2>" + _list_html(page.problems, "problems"))
+        parts.append("<h2>Notes on the inputs</h2>" + _list_html(page.problems, "problems"))
     parts.append("<h2>Summary</h2>")
     if page.headline:
         parts.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in page.headline) + "</ul>")
@@ -140,9 +140,9 @@ def render_markdown(page: Page) -> str:
     if page.status:
         lines += ["## Sweep status: partial", "", *[f"- {s}" for s in page.status], ""]
     else:
-        lines += ["Every run of the sweep finished.", ""]
+        lines += ["Every run in the table finished.", ""]
     if page.problems:
-        lines += ["## Inputs not used", "", *[f"- {s}" for s in page.problems], ""]
+        lines += ["## Notes on the inputs", "", *[f"- {s}" for s in page.problems], ""]
     lines += ["## Summary", ""]
     lines += [f"- {s}" for s in page.headline] or ["No fit results: run `scaling fit` to get predictions."]
     lines.append("")

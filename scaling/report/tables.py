@@ -91,10 +91,11 @@ def headline(fits: Sequence[FitResult], metric: str) -> list[str]:
     """Plain sentences: does the law hold, what it predicts for the held-out size, how far to trust it."""
     lines = []
     for f in fits:
-        if f.metric != metric or f.axis.startswith("steps-"):
+        if f.metric != metric:
             continue
         for h in f.holdout:
-            text = f"{f.law} ({f.formula}) predicts {h.label}: {fmt(h.predicted)} {_interval(h.interval)}"
+            on = f" ({f.axis})" if f.axis.startswith("steps-") else ""
+            text = f"{f.law}{on} ({f.formula}) predicts {h.label}: {fmt(h.predicted)} {_interval(h.interval)}"
             if h.actual is not None:
                 verdict = "inside" if h.inside else "outside"
                 text += (f"; actual {fmt(h.actual)}, error {pct(h.relative_error)}, "
