@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import report_synth as rs
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -37,6 +36,7 @@ from scaling.report import data as D
 from scaling.report.figures import frontier
 from scaling.report.weightings import parse_label, weight
 from scaling.spec import WEIGHTINGS, load_sweep
+from tests import report_synth as rs
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("loss_vs_params", "loss_vs_steps", "levels", "weightings", "compute")
