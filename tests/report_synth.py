@@ -165,8 +165,9 @@ def demo_fits(table: pd.DataFrame, holdout: str = "XL", metrics: tuple[str, ...]
         used = rows if size != holdout else rows[rows["step"] <= STEPS // 2]
         pts = [(str(r), size, float(s), float(y)) for r, s, y in zip(used["run_id"], used["step"], used[metric])]
         target = []
-        if size == holdout and rows["step"].max() >= STEPS:
-            target = [(f"{size}@{STEPS}", float(STEPS), float(rows[metric].iloc[-1]))]
+        if size == holdout:  # predict the end of the run; its actual value only once it got there
+            done = rows["step"].max() >= STEPS
+            target = [(f"{size}@{STEPS}", float(STEPS), float(rows[metric].iloc[-1]) if done else None)]
         fits.append(make_fit(metric, "power_offset", f"steps-{size}", "step", pts, {"E": E, "a": a, "b": B_STEPS},
                              target, seed=7))
     return fits

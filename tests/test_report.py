@@ -306,6 +306,22 @@ def test_a_failed_build_keeps_the_previous_report(tmp_path, table, fits, monkeyp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
+def test_foreign_table_columns_and_mlflow_links(tmp_path, table):
+    from scaling.report import report_from_files
+
+    foreign = table.drop(columns=["run_id", *D.level_columns(table)]).rename(
+        columns={"size": "model", "params": "n_params", "step": "iteration"})
+    foreign["experiment_id"], foreign["mlflow_run_id"] = "7", "abc" + foreign["model"]
+    foreign.to_csv(tmp_path / "t.csv", index=False)
+    result = report_from_files(table=tmp_path / "t.csv", out=tmp_path / "r", size_col="model",
+                               params_col="n_params", step_col="iteration", mlflow_uri="http://127.0.0.1:5000")
+    page = (result.out / "index.html").read_text(encoding="utf-8")
+    assert result.figures == FIGURES and "no fit results" not in " ".join(result.problems)
+    assert '<a href="http://127.0.0.1:5000/#/experiments/7/runs/abcXL">abcXL</a>' in page
+    with pytest.raises(ReportError, match="column.*nope.*not in the table"):
+        report_from_files(table=tmp_path / "t.csv", out=tmp_path / "r", size_col="nope")
+
+
 def test_cli_report_in_a_process_that_never_imports_torch_submitit_or_mlflow(tmp_path, table, fits):
     table.to_csv(tmp_path / "table.csv", index=False)
     rs.write_fits(fits, tmp_path / "fits" / "demo")

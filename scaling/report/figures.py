@@ -42,9 +42,12 @@ def _span(fit: FitResult, column: str) -> tuple[float, float, float]:
     return min(xs), max(xs), max([max(xs), *targets])
 
 
-def _draw_law(ax: Axes, fit: FitResult, column: str, style: dict, label: str, name: str) -> None:
-    """The law solid over the fitted range, dotted beyond it to the held-out x, with its bootstrap band."""
+def _draw_law(ax: Axes, fit: FitResult, column: str, style: dict, label: str, name: str,
+              extend_to: float = 0.0) -> None:
+    """The law solid over the fitted range, dotted beyond it to the held-out x (or `extend_to`), with its
+    bootstrap band."""
     lo, hi, target = _span(fit, column)
+    target = max(target, extend_to)
     xs = np.geomspace(lo, hi, 80)
     ax.plot(xs, fit.predict(xs), color=style["color"], linestyle=style["linestyle"], lw=2, label=label, zorder=2)
     end = max(target * 1.15, hi)
@@ -137,7 +140,8 @@ def plot_loss_vs_steps(curves: Mapping[str, pd.DataFrame], runs: Sequence[Run],
             continue
         if size in heldout:
             st = {"color": "black", "linestyle": "--", "marker": "X"}
-            _draw_law(ax, fit, x, st, f"{size} predicted: {fit.formula}", size)
+            end = max((float(p[x].max()) for p in curves.values() if not p.empty), default=0.0)
+            _draw_law(ax, fit, x, st, f"{size} predicted: {fit.formula}", size, extend_to=end)
             _draw_holdout(ax, fit, x, st, actual_label=True)
         else:
             lo, hi, _ = _span(fit, x)
