@@ -120,7 +120,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     result = report_from_files(args.sweep, args.table, args.fits, args.out, metric=args.metric,
                                size_col=args.size_col, params_col=args.params_col, step_col=args.step_col,
-                               mlflow_uri=args.mlflow_uri)
+                               mlflow_uri=args.mlflow_uri, progress=args.progress)
     print(f"report: {result.out / 'index.html'} ({len(result.figures)} figures; also report.md, figures/*.png|svg)")
     for line in result.status:
         print(f"partial sweep: {line}")
@@ -143,6 +143,8 @@ def _add_report(sub) -> None:
     p.add_argument("--params-col", help="column holding the parameter count, for tables from elsewhere")
     p.add_argument("--step-col", help="column holding the training step, for tables from elsewhere")
     p.add_argument("--mlflow-uri", help="MLflow tracking URI shown in the footer and used for run links")
+    p.add_argument("--progress", choices=("step", "samples", "flops"),
+                   help="x axis of the loss-vs-progress figure (default: what the curve fits used, else step)")
     p.set_defaults(func=cmd_report)
 
 

@@ -163,6 +163,11 @@ def test_loss_vs_steps_draws_each_size_its_fit_and_the_heldout_prediction(table,
     assert any(t.startswith("power_offset predicts XL@600") for t in texts)
     data = [line for line in a.get_lines() if line.get_label() in ("S", "M", "L", "XL")]
     assert len(data) == 4 and all(len(line.get_xdata()) == 60 for line in data)
+    # over samples: the curve fits (made over steps) are not drawn on an axis they were not fitted on
+    b = plot_loss_vs_steps(D.curves(table, "eval/iw/laplace", "samples"), runs, curve_fits,
+                           metric="eval/iw/laplace", x="samples", heldout=("XL",), ax=ax())
+    assert legend_texts(b) == ["S", "M", "L", "XL"] and b.get_xlabel() == "samples seen (images)"
+    assert "no curve fits" in b.get_title()
 
 
 def test_level_losses_with_weightings_on_a_second_axis_and_the_gain(table, runs, spec):

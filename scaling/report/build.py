@@ -126,9 +126,10 @@ CAPTIONS = {
 
 
 def _figures(table: pd.DataFrame, runs: list[D.Run], fits: list[FitResult], metric: str,
-             grid: np.ndarray | None, heldout: Sequence[str]) -> list[tuple[str, Callable[[], Figure]]]:
+             grid: np.ndarray | None, heldout: Sequence[str],
+             progress: str | None) -> list[tuple[str, Callable[[], Figure]]]:
     curve_fits = [f for f in fits if f.axis.startswith("steps-") and f.metric == metric]
-    x = next((f.columns.get("x") for f in curve_fits if f.columns.get("x") in table.columns), "step")
+    x = progress or next((f.columns.get("x") for f in curve_fits if f.columns.get("x") in table.columns), "step")
     levels = D.final_levels(table, runs)
     weightings = [m[len(D.IW_PREFIX):] for m in D.iw_metrics(table)]
 
@@ -160,14 +161,18 @@ def _figures(table: pd.DataFrame, runs: list[D.Run], fits: list[FitResult], metr
 
 def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path, *, spec: Spec | None = None,
                  metric: str | None = None, problems: Sequence[str] = (), mlflow_uri: str | None = None,
-                 title: str | None = None) -> ReportResult:
+                 title: str | None = None, progress: str | None = None) -> ReportResult:
     """Draw every figure and write `out/index.html`, `out/report.md` and `out/figures/*.{png,svg}`.
 
     The folder is written into a temporary sibling and renamed into place, so `out` is always either
-    the previous report or the complete new one. Never refits: `fits` are drawn as they are."""
+    the previous report or the complete new one. Never refits: `fits` are drawn as they are.
+    `progress` is the x of the loss-vs-progress figure (`step`, `samples` or `flops`; default: the column
+    the curve fits used, else `step`)."""
     out = Path(out)
     metric = D.pick_metric(table, metric or (spec.metric if spec else None))
     D.check_table(table, metric)
+    if progress is not None and progress not in table.columns:
+        raise ReportError(f"--progress {progress}: the table has no {progress!r} column")
     fits = list(fits)
     problems = list(problems)
     planned = _planned_steps(spec)
@@ -190,7 +195,7 @@ def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path
 
     rendered, svgs = [], {}
     with matplotlib.rc_context(RC):
-        for name, make in _figures(table, runs, fits, metric, grid, heldout):
+        for name, make in _figures(table, runs, fits, metric, grid, heldout, progress):
             try:
                 png, svg = _render(make)
             except (ValueError, KeyError, TypeError, FitError) as e:  # one bad input must not lose the report
@@ -271,7 +276,7 @@ def report_paths(spec: Spec | None, table: str | Path | None, fits: Sequence[str
 def report_from_files(sweep: str | Path | None = None, table: str | Path | None = None,
                       fits: Sequence[str | Path] | None = None, out: str | Path | None = None, *,
                       metric: str | None = None, size_col: str | None = None, params_col: str | None = None,
-                      step_col: str | None = None, mlflow_uri: str | None = None,
+                      step_col: str | None = None, mlflow_uri: str | None = None, progress: str | None = None,
                       loader: TableLoader | None = None) -> ReportResult:
     """`scaling report`: load the sweep (optional), the table (through `loader`, default `load_table`) and
     the fit files, then `build_report`. Defaults: `runs/<sweep>/table.csv`, `fits/<sweep>/`, `reports/<sweep>/`."""
@@ -281,4 +286,5 @@ def report_from_files(sweep: str | Path | None = None, table: str | Path | None 
     table_path, fit_paths, out_path = report_paths(spec, table, fits, out)
     frame = D.rename_columns((loader or D.load_table)(table_path), size_col, params_col, step_col)
     results, problems = load_fits(fit_paths)
-    return build_report(frame, results, out_path, spec=spec, metric=metric, problems=problems, mlflow_uri=mlflow_uri)
+    return build_report(frame, results, out_path, spec=spec, metric=metric, problems=problems, mlflow_uri=mlflow_uri,
+                        progress=progress)

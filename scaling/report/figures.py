@@ -175,7 +175,7 @@ def plot_level_losses(levels: Mapping[str, np.ndarray], grid: np.ndarray | None,
         ax.plot(xs, levels[size], color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
                 markevery=max(n // 10, 1), ms=5, lw=1.5, label=f"ℓ(λ) {size}")
     log_axes(ax, x=False)
-    ax.set_xlabel("log-SNR λ = log(α²/σ²) (nats)" if xs is grid else "level index k (λ grid unknown)")
+    ax.set_xlabel("log-SNR λ = ln(α²/σ²) (dimensionless)" if xs is grid else "level index k (λ grid unknown)")
     ax.set_ylabel("per-level loss ℓ(λ) (ε-MSE per pixel)")
     ax.set_title("Per-noise-level loss and the importance weightings")
     handles, labels = ax.get_legend_handles_labels()
@@ -211,7 +211,7 @@ def plot_level_gain(levels: Mapping[str, np.ndarray], grid: np.ndarray | None, *
         ax.plot(xs, gain, color=st["color"], linestyle=st["linestyle"], marker=st["marker"],
                 markevery=max(n // 10, 1), ms=5, lw=1.5, label=f"{size} vs {sizes[0]}")
     ax.axhline(0.0, color="0.3", lw=0.8)
-    ax.set_xlabel("log-SNR λ = log(α²/σ²) (nats)" if xs is grid else "level index k (λ grid unknown)")
+    ax.set_xlabel("log-SNR λ = ln(α²/σ²) (dimensionless)" if xs is grid else "level index k (λ grid unknown)")
     ax.set_ylabel(f"gain over {sizes[0]} (%)")
     ax.set_title(f"Where the bigger models gain: 1 − ℓ_size(λ)/ℓ_{sizes[0]}(λ)")
     ax.legend(loc="best")
