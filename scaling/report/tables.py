@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -111,7 +110,3 @@ def headline(fits: Sequence[FitResult], metric: str) -> list[str]:
         for w in f.warnings:
             lines.append(f"Warning ({f.law}, {f.axis}): {w}")
     return lines
-
-
-def finite(v: float | None) -> bool:
-    return v is not None and not math.isnan(v)
