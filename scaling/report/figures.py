@@ -37,8 +37,8 @@ def _x_of(fit: FitResult) -> str | None:
 
 def _span(fit: FitResult, column: str) -> tuple[float, float, float]:
     """(smallest fitted x, largest fitted x, largest x to draw: the held-out ones included)."""
-    xs = [p.x[column] for p in fit.points if column in p.x]
-    targets = [h.x[column] for h in fit.holdout if column in h.x]
+    xs = [p.x[column] for p in fit.points if p.x.get(column, 0) > 0]  # log axes: positive x only
+    targets = [h.x[column] for h in fit.holdout if h.x.get(column, 0) > 0]
     return min(xs), max(xs), max([max(xs), *targets])
 
 
@@ -99,7 +99,8 @@ def plot_loss_vs_params(runs: Sequence[Run], fits: Sequence[FitResult] = (), *, 
         label = size + (f" ({partial[0].state})" if partial else "")
         ax.plot([r.params for r in pts], [r.final for r in pts], ls="none", marker=st["marker"], color=st["color"],
                 mfc="white" if partial else st["color"], ms=8, mew=1.5, label=label)
-    drawn = [f for f in fits if _x_of(f) == "params" and f.metric == metric and f.points]
+    drawn = [f for f in fits if _x_of(f) == "params" and f.metric == metric
+             and any(p.x.get("params", 0) > 0 for p in f.points)]
     for i, fit in enumerate(drawn):
         st = law_style(i)
         _draw_law(ax, fit, "params", st, f"{fit.law}: {fit.formula}", fit.law)
@@ -136,7 +137,8 @@ def plot_loss_vs_steps(curves: Mapping[str, pd.DataFrame], runs: Sequence[Run],
     drawn = 0
     for fit in fits:
         size = fit.axis.split("-", 1)[1] if fit.axis.startswith("steps-") else None
-        if size not in styles or _x_of(fit) != x or fit.metric != metric or not fit.points:
+        if (size not in styles or _x_of(fit) != x or fit.metric != metric
+                or not any(p.x.get(x, 0) > 0 for p in fit.points)):
             continue
         if size in heldout:
             st = {"color": "black", "linestyle": "--", "marker": "X"}
