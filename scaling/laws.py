@@ -3,8 +3,8 @@
 A law is one `Law(...)` declaration in `LAWS`; nothing else has to change to fit it. Its function takes
 the inputs and the parameters as numpy arrays that broadcast against each other, so the fitter can
 evaluate a whole grid of parameter vectors at once (`evaluate(law, X, theta)` with `theta` of shape
-`(k, P)`) and differentiate it by complex step: write the function with `+ - * / **`, `np.exp` and
-`np.log` only (no `abs`, no comparisons).
+`(k, P)`) and its central differences in the same call. Write it with numpy operations that
+broadcast (`+ - * / **`, `np.exp`, `np.log`).
 
 Scale parameters (`log=True`: a, E, A, B, N_c, S_c) are fitted as their logarithm; exponents as they are.
 
@@ -45,6 +45,9 @@ class Param:
     "A scale parameter: fitted as log(value), so it stays positive and spans decades."
     symbol: str = ""
     "LaTeX symbol (default: the name)."
+    scales: tuple[str, str | float] | None = None
+    """`(input, exponent)` when the parameter multiplies input^(−exponent) (`a` in a·x^(−b): `("x", "b")`;
+    N_c in (N_c/N)^α: `("N", 1.0)`). The fitter then fits on input/x₀ for conditioning and maps back."""
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -54,7 +57,7 @@ class Param:
         return float(self.lower), float(self.upper)
 
     def to_value(self, theta):
-        """Fitted space -> natural value (works on arrays, complex included)."""
+        """Fitted space -> natural value (works on arrays)."""
         return np.exp(theta) if self.log else theta
 
     def to_theta(self, value: float) -> float:
@@ -72,7 +75,7 @@ class Law:
     params: tuple[Param, ...]
     "Parameters in the order `fn` takes them."
     fn: Callable[..., np.ndarray]
-    "The law's value; broadcasts over inputs and parameters; complex-step safe."
+    "The law's value; broadcasts over inputs and parameters."
     template: str
     "Plain formula with `<param>` placeholders, e.g. `y = <a>·x^-<b>`."
     latex: str
@@ -122,7 +125,7 @@ def format_number(v: float, latex: bool = False) -> str:
 def evaluate(law: Law, X: np.ndarray, theta: np.ndarray) -> np.ndarray:
     """Law values for parameter vectors `theta` (fitted space), shape (..., P), at inputs X, shape (I, n).
 
-    Returns shape (..., n). `theta` may be complex (complex-step derivatives).
+    Returns shape (..., n).
     """
     theta = np.asarray(theta)
     args = [X[i] for i in range(len(law.inputs))]
@@ -152,7 +155,7 @@ def register(law: Law) -> Law:
 register(Law(
     name="power",
     inputs=("x",),
-    params=(Param("a", 1e-12, 1e60, _LOG_SCALE, log=True),
+    params=(Param("a", 1e-12, 1e60, _LOG_SCALE, log=True, scales=("x", "b")),
             Param("b", 0.0, 5.0, _EXPONENT)),
     fn=lambda x, a, b: a * x ** -b,
     template="y = <a>·x^-<b>",
@@ -164,7 +167,7 @@ register(Law(
     name="power_offset",
     inputs=("x",),
     params=(Param("E", 1e-9, 1e3, _LOG_FLOOR, log=True),
-            Param("a", 1e-12, 1e60, _LOG_SCALE, log=True),
+            Param("a", 1e-12, 1e60, _LOG_SCALE, log=True, scales=("x", "b")),
             Param("b", 0.0, 5.0, _EXPONENT)),
     fn=lambda x, E, a, b: E + a * x ** -b,
     template="y = <E> + <a>·x^-<b>",
@@ -175,9 +178,9 @@ register(Law(
 register(Law(
     name="kaplan_ns",
     inputs=("N", "S"),
-    params=(Param("N_c", 1.0, 1e60, _lin(0.0, 60.0, 13), log=True, symbol="N_c"),
+    params=(Param("N_c", 1.0, 1e60, _lin(0.0, 60.0, 13), log=True, symbol="N_c", scales=("N", 1.0)),
             Param("alpha_N", 1e-4, 5.0, _lin(0.05, 1.0, 5), symbol=r"\alpha_N"),
-            Param("S_c", 1.0, 1e60, _lin(0.0, 60.0, 13), log=True, symbol="S_c"),
+            Param("S_c", 1.0, 1e60, _lin(0.0, 60.0, 13), log=True, symbol="S_c", scales=("S", 1.0)),
             Param("alpha_S", 1e-4, 5.0, _lin(0.05, 1.0, 5), symbol=r"\alpha_S")),
     fn=lambda N, S, N_c, alpha_N, S_c, alpha_S: (N_c / N) ** alpha_N + (S_c / S) ** alpha_S,
     template="y = (<N_c>/N)^<alpha_N> + (<S_c>/S)^<alpha_S>",
@@ -190,9 +193,9 @@ register(Law(
     inputs=("N", "D"),
     # Hoffmann et al. 2022 (approach 3): e in {-1,..,1.5}, log A, log B in {0,5,..,25}, α, β in {0,..,2}.
     params=(Param("E", 1e-9, 1e3, _lin(-1.0, 1.5, 6), log=True),
-            Param("A", 1e-9, 1e60, _lin(0.0, 25.0, 6), log=True),
+            Param("A", 1e-9, 1e60, _lin(0.0, 25.0, 6), log=True, scales=("N", "alpha")),
             Param("alpha", 0.0, 5.0, _lin(0.0, 2.0, 5), symbol=r"\alpha"),
-            Param("B", 1e-9, 1e60, _lin(0.0, 25.0, 6), log=True),
+            Param("B", 1e-9, 1e60, _lin(0.0, 25.0, 6), log=True, scales=("D", "beta")),
             Param("beta", 0.0, 5.0, _lin(0.0, 2.0, 5), symbol=r"\beta")),
     fn=lambda N, D, E, A, alpha, B, beta: E + A * N ** -alpha + B * D ** -beta,
     template="y = <E> + <A>·N^-<alpha> + <B>·D^-<beta>",
