@@ -4,6 +4,7 @@ content, partial sweeps, bad input, atomic writes, the CLI, and a real headless 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import re
@@ -159,7 +160,7 @@ def test_loss_vs_steps_draws_each_size_its_fit_and_the_heldout_prediction(table,
     by_size = {f.axis[len("steps-"):]: f for f in curve_fits}
     for size in ("S", "M", "L"):
         assert f"{size} fit: {by_size[size].formula}" in texts
-    assert f"XL predicted: {by_size['XL'].formula}" in texts and "XL extrapolated" in texts
+    assert f"XL curve fit (step ≤ 300): {by_size['XL'].formula}" in texts and "XL extrapolated" in texts
     assert any(t.startswith("power_offset predicts XL@600") for t in texts)
     data = [line for line in a.get_lines() if line.get_label() in ("S", "M", "L", "XL")]
     assert len(data) == 4 and all(len(line.get_xdata()) == 60 for line in data)
@@ -248,8 +249,8 @@ def test_partial_sweep_is_stated_plainly(tmp_path, spec, case):
         table = rs.demo_table({"XL": 300}, {"XL": case.upper()}, with_levels=False)
     fits = rs.demo_fits(table, metrics=("laplace",))
     result = build_report(table, fits, tmp_path / "r", spec=spec)
-    expected = {"running": "XL (demo-XL-600steps-s0) is running, step 300 of 600",
-                "failed": "XL (demo-XL-600steps-s0) is failed at step 300 of 600",
+    expected = {"running": "XL (demo-XL-600steps-s0) (the held-out size) is running, step 300 of 600",
+                "failed": "XL (demo-XL-600steps-s0) (the held-out size) is failed at step 300 of 600",
                 "missing": "XL has no evaluated run in the table"}[case]
     assert len(result.status) == 1 and result.status[0].startswith(expected)
     page = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
@@ -257,6 +258,10 @@ def test_partial_sweep_is_stated_plainly(tmp_path, spec, case):
     assert result.figures == FIGURES
     if case != "missing":
         assert "not observed yet" in page  # the backtest has no final XL value to compare with
+        left_out = dataclasses.replace(fits[0], excluded=({"run_id": "demo-XL-600steps-s0",
+                                                           "reason": f"status {case.upper()}"},))
+        again = build_report(table, [left_out], tmp_path / "r", spec=spec)
+        assert again.status[1] == f"demo-XL-600steps-s0 was left out of the fits: status {case.upper()}."
 
 
 def test_report_without_fits_or_levels_still_draws_the_data(tmp_path, table):

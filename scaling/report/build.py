@@ -104,9 +104,10 @@ CAPTIONS = {
         "error bar is the law's prediction for it, and the number beside it the relative error."),
     "loss_vs_steps": (
         "Loss vs training progress",
-        "The loss of each size along training, with each size's fitted curve over steps (thick, light). "
-        "The black dashed curve is the held-out size's curve predicted by the fit, with its band; its real "
-        "curve is drawn with markers."),
+        "The loss of each size along training, with each size's fitted curve (thick, light). The held-out "
+        "size's curve fit is black: dashed over the steps it was fitted on, dotted beyond them to the end of "
+        "the longest run (for a running size: the predicted rest of its run), with its band; the marker with "
+        "whiskers is the fit's prediction of its last point from the earlier ones, the star the actual value."),
     "levels": (
         "Per-noise-level loss",
         "Top: the per-level loss ℓ(λ) of each size at its last evaluation; gray curves on the right axis are "
@@ -128,7 +129,7 @@ CAPTIONS = {
 def _figures(table: pd.DataFrame, runs: list[D.Run], fits: list[FitResult], metric: str,
              grid: np.ndarray | None, heldout: Sequence[str],
              progress: str | None) -> list[tuple[str, Callable[[], Figure]]]:
-    curve_fits = [f for f in fits if f.axis.startswith("steps-") and f.metric == metric]
+    curve_fits = [f for f in fits if D.curve_size(f) is not None and f.metric == metric]
     x = progress or next((f.columns.get("x") for f in curve_fits if f.columns.get("x") in table.columns), "step")
     levels = D.final_levels(table, runs)
     weightings = [m[len(D.IW_PREFIX):] for m in D.iw_metrics(table)]
@@ -178,9 +179,9 @@ def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path
     planned = _planned_steps(spec)
     runs = D.runs_of(table, metric, planned)
     heldout = tuple(spec.fit.holdout) if spec else tuple(dict.fromkeys(
-        h.label for f in fits if not f.axis.startswith("steps-") for h in f.holdout))
+        h.label for f in fits if D.curve_size(f) is None for h in f.holdout))
     expected = tuple(spec.model.sizes) if spec else ()
-    status = D.sweep_notes(runs, expected, heldout)
+    status = D.sweep_notes(runs, expected, heldout) + D.excluded_notes(fits)
     ev = spec.evaluation if spec else EvalSpec()
     grid = D.lambda_grid(ev.lambda_min, ev.lambda_max, ev.lambda_step)
     n_levels = len(D.level_columns(table))

@@ -78,6 +78,15 @@ def level_columns(table: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: int(c[len(LEVEL_PREFIX):]))
 
 
+def curve_size(fit) -> str | None:
+    """The size whose loss curve a fit describes (`axis` `steps-XL`, `samples-XL`, ...), None for a size law."""
+    size = (fit.extra or {}).get("size")
+    if size is not None:
+        return str(size)
+    prefix, _, rest = fit.axis.partition("-")
+    return rest if rest and prefix in ("steps", "step", "samples", "flops", "tokens") else None
+
+
 def lambda_grid(lambda_min: float, lambda_max: float, step: float) -> np.ndarray:
     """The evaluation grid exactly as the evaluator builds it: level column k is grid[k]."""
     return np.arange(lambda_min, lambda_max + step / 2, step)
@@ -182,10 +191,17 @@ def sweep_notes(runs: list[Run], expected_sizes: Iterable[str] = (), holdout: It
                          f"or not exported{role}.")
     for run in runs:
         if run.partial:
-            role = ("; its point is not a final loss, so the backtest compares with a partial value"
-                    if run.size in holdout else "; its point is a partial loss")
-            notes.append(f"{run.size} ({run.run_id}) is {run.state}{role}.")
+            role = " (the held-out size)" if run.size in holdout else ""
+            notes.append(f"{run.size} ({run.run_id}){role} is {run.state}: its points are partial losses, "
+                         "drawn hollow.")
     return notes
+
+
+def excluded_notes(fits) -> list[str]:
+    """What the fits left out and why (e.g. a run still RUNNING), once per run and reason."""
+    seen = dict.fromkeys((str(e.get("run_id", e.get("size", "?"))), str(e.get("reason", "no reason given")))
+                         for f in fits for e in f.excluded)
+    return [f"{run} was left out of the fits: {reason}." for run, reason in seen]
 
 
 def final_levels(table: pd.DataFrame, runs: list[Run]) -> dict[str, np.ndarray]:

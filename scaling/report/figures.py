@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 
 from scaling.fit import FitResult
 from scaling.laws import get_law
-from scaling.report.data import Run, size_order
+from scaling.report.data import Run, curve_size, size_order
 from scaling.report.style import (
     axis_label,
     fmt,
@@ -119,7 +119,8 @@ def plot_loss_vs_steps(curves: Mapping[str, pd.DataFrame], runs: Sequence[Run],
                        fits: Sequence[FitResult] = (), *, metric: str, x: str = "step",
                        heldout: Sequence[str] = (), ax: Axes | None = None) -> Axes:
     """Figure 2: the loss of each size over steps (or samples, FLOPs), the fitted L(x) curve of each size,
-    and the held-out size's predicted curve (black, with its band) against its real one."""
+    and the held-out sizes' curves in black: solid over the points they were fitted on, dotted beyond them
+    to the end of the longest run, with the band and the backtest of the last point."""
     ax = ax or new_axes((10.0, 4.8))
     sizes = size_order(runs)
     styles = size_styles(sizes)
@@ -135,15 +136,16 @@ def plot_loss_vs_steps(curves: Mapping[str, pd.DataFrame], runs: Sequence[Run],
         ax.plot(points[x], points[metric], color=st["color"], marker=st["marker"], ms=4, lw=1,
                 linestyle=st["linestyle"], mfc="white" if run.partial else st["color"], label=label, zorder=3)
     drawn = 0
-    for fit in fits:
-        size = fit.axis.split("-", 1)[1] if fit.axis.startswith("steps-") else None
+    for fit in sorted(fits, key=lambda f: sizes.index(curve_size(f)) if curve_size(f) in sizes else len(sizes)):
+        size = curve_size(fit)
         if (size not in styles or _x_of(fit) != x or fit.metric != metric
                 or not any(p.x.get(x, 0) > 0 for p in fit.points)):
             continue
         if size in heldout:
             st = {"color": "black", "linestyle": "--", "marker": "X"}
             end = max((float(p[x].max()) for p in curves.values() if not p.empty), default=0.0)
-            _draw_law(ax, fit, x, st, f"{size} predicted: {fit.formula}", size, extend_to=end)
+            _, hi, _ = _span(fit, x)
+            _draw_law(ax, fit, x, st, f"{size} curve fit ({x} ≤ {hi:g}): {fit.formula}", size, extend_to=end)
             _draw_holdout(ax, fit, x, st, actual_label=True)
         else:
             lo, hi, _ = _span(fit, x)

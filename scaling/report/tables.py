@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from scaling.fit import FitResult, Prediction
-from scaling.report.data import Run
+from scaling.report.data import Run, curve_size
 from scaling.report.style import fmt, fmt_count, pct, short_metric
 
 
@@ -93,7 +93,7 @@ def headline(fits: Sequence[FitResult], metric: str) -> list[str]:
         if f.metric != metric:
             continue
         for h in f.holdout:
-            on = f" ({f.axis})" if f.axis.startswith("steps-") else ""
+            on = f" ({f.axis})" if curve_size(f) is not None else ""
             text = f"{f.law}{on} ({f.formula}) predicts {h.label}: {fmt(h.predicted)} {_interval(h.interval)}"
             if h.actual is not None:
                 verdict = "inside" if h.inside else "outside"
