@@ -103,7 +103,8 @@ def plot_loss_vs_params(runs: Sequence[Run], fits: Sequence[FitResult] = (), *, 
              and any(p.x.get("params", 0) > 0 for p in f.points)]
     for i, fit in enumerate(drawn):
         st = law_style(i)
-        _draw_law(ax, fit, "params", st, f"{fit.law}: {fit.formula}", fit.law)
+        biggest = max((r.params for r in runs if np.isfinite(r.params)), default=0.0)  # e.g. a running XL
+        _draw_law(ax, fit, "params", st, f"{fit.law}: {fit.formula}", fit.law, extend_to=biggest)
         _draw_holdout(ax, fit, "params", st, actual_label=(i == 0))
     if not ax.lines:
         return note(ax, "no run has a parameter count: the table needs a `params` column")
