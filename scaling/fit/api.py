@@ -187,7 +187,7 @@ def make_result(fitted: Fitted, pts: pd.DataFrame, x_cols: list[str], metric: st
     warn = [*reliability(fitted, len(y), len(np.unique(X[0])), (*holdout,), float(X[0].max()), x_cols[0]),
             *warnings]
     for w in warn:
-        log.warning("%s %s %s: %s", metric, law.name, axis, w)
+        log.debug("%s %s %s: %s", metric, law.name, axis, w)
     return FitResult(
         name=name, metric=metric, law=law.name, axis=axis, columns=dict(zip(law.inputs, x_cols)),
         formula=law.formula(values), formula_latex=law.formula(values, latex=True), params=tuple(params),
@@ -237,7 +237,8 @@ def fit_size_law(table: pd.DataFrame, law: str | Law, metric: str, x_cols: list[
     y = train[metric].to_numpy(dtype=float)
     check_fittable(law, X, x_cols, f"{metric} over {', '.join(x_cols)}")
     fitted = fit_arrays(law, X, y, train["_run"].to_numpy(), opts)
-    targets = _targets(pts[held], x_cols, metric) + list(extra_targets)
+    targets = _targets(pts[held], x_cols, metric)
+    targets += [t for t in extra_targets if t.label not in set(pts.loc[held, "_size"])]
     held_preds = predictions(fitted, targets, x_cols, opts.level)
     loso_preds, warn = [], []
     if loso:
