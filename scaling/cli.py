@@ -149,7 +149,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.metric:
         plan_kw["primary"] = plan_kw["metrics"][0]
     opts = FitOptions(loss=args.loss, delta=args.delta, level=args.level, seed=args.seed, workers=args.workers,
-                      bootstrap=bootstrap if args.bootstrap is None else args.bootstrap)
+                      bootstrap=bootstrap if args.bootstrap is None else args.bootstrap,
+                      loso_bootstrap=min(200, bootstrap if args.bootstrap is None else args.bootstrap))
     fplan = FitPlan(**plan_kw, curves=not args.no_curves, include_unfinished=args.include_unfinished, cols=cols,
                     opts=opts)
     outcome = fit_table(table, fplan, args.out)

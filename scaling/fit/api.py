@@ -83,13 +83,15 @@ class Fitted:
 def check_fittable(law: Law, X: np.ndarray, x_cols: list[str], what: str) -> None:
     """FitError when the points cannot determine the law: too few points, a single value of an input."""
     P, n = len(law.params), X.shape[1]
-    if n < P:
-        raise FitError(f"{what}: {n} points for the {P} parameters of {law.name} ({', '.join(law.names)}); "
-                       "use a law with fewer parameters or add sizes/runs")
+    if n == 0:
+        raise FitError(f"{what}: no points")
     for row, col in zip(X, x_cols):
         if len(np.unique(row)) < 2:
             raise FitError(f"{what}: every point has the same {col} = {row[0]:g} (a single size); "
                            f"{law.name} needs at least 2 distinct values of {col}")
+    if n < P:
+        raise FitError(f"{what}: {n} points for the {P} parameters of {law.name} ({', '.join(law.names)}); "
+                       "use a law with fewer parameters or add sizes/runs")
 
 
 def fit_arrays(law: Law, X: np.ndarray, y: np.ndarray, units: np.ndarray, opts: FitOptions,
