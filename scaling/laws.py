@@ -47,7 +47,9 @@ class Param:
     "LaTeX symbol (default: the name)."
     scales: tuple[str, str | float] | None = None
     """`(input, exponent)` when the parameter multiplies input^(−exponent) (`a` in a·x^(−b): `("x", "b")`;
-    N_c in (N_c/N)^α: `("N", 1.0)`). The fitter then fits on input/x₀ for conditioning and maps back."""
+    N_c in (N_c/N)^α: `("N", 1.0)`). An input named here is divided by its geometric mean x₀ during the fit
+    (better conditioning; results are mapped back), so declare it only when every occurrence of the input
+    in `fn` is absorbed that way; leave it None otherwise (the input is then used as is)."""
 
     @property
     def bounds(self) -> tuple[float, float]:
@@ -113,10 +115,12 @@ class Law:
 
 
 def format_number(v: float, latex: bool = False) -> str:
-    """0.369 -> '0.369', 0.03 -> '0.030', 140000 -> '1.4e5' (LaTeX: '1.4\\times10^{5}')."""
+    """0.369 -> '0.369', 0.03 -> '0.030', 406.4 -> '406.4', 140000 -> '1.4e5' (LaTeX: '1.4\\times10^{5}')."""
     v = float(v)
-    if v == 0 or 1e-3 <= abs(v) < 1e3:
+    if v == 0 or 1e-3 <= abs(v) < 1:
         return f"{v:.3f}"
+    if 1 <= abs(v) < 1e3:
+        return f"{v:#.4g}".rstrip(".")
     mant, exp = f"{v:.1e}".split("e")
     exp = str(int(exp))
     return f"{mant}\\times10^{{{exp}}}" if latex else f"{mant}e{exp}"

@@ -83,13 +83,15 @@ class Fitted:
 def check_fittable(law: Law, X: np.ndarray, x_cols: list[str], what: str) -> None:
     """FitError when the points cannot determine the law: too few points, a single value of an input."""
     P, n = len(law.params), X.shape[1]
-    if n < P:
-        raise FitError(f"{what}: {n} points for the {P} parameters of {law.name} ({', '.join(law.names)}); "
-                       "use a law with fewer parameters or add sizes/runs")
+    if n == 0:
+        raise FitError(f"{what}: no points")
     for row, col in zip(X, x_cols):
         if len(np.unique(row)) < 2:
             raise FitError(f"{what}: every point has the same {col} = {row[0]:g} (a single size); "
                            f"{law.name} needs at least 2 distinct values of {col}")
+    if n < P:
+        raise FitError(f"{what}: {n} points for the {P} parameters of {law.name} ({', '.join(law.names)}); "
+                       "use a law with fewer parameters or add sizes/runs")
 
 
 def fit_arrays(law: Law, X: np.ndarray, y: np.ndarray, units: np.ndarray, opts: FitOptions,
@@ -187,7 +189,7 @@ def make_result(fitted: Fitted, pts: pd.DataFrame, x_cols: list[str], metric: st
     warn = [*reliability(fitted, len(y), len(np.unique(X[0])), (*holdout,), float(X[0].max()), x_cols[0]),
             *warnings]
     for w in warn:
-        log.warning("%s %s %s: %s", metric, law.name, axis, w)
+        log.debug("%s %s %s: %s", metric, law.name, axis, w)
     return FitResult(
         name=name, metric=metric, law=law.name, axis=axis, columns=dict(zip(law.inputs, x_cols)),
         formula=law.formula(values), formula_latex=law.formula(values, latex=True), params=tuple(params),
@@ -237,7 +239,8 @@ def fit_size_law(table: pd.DataFrame, law: str | Law, metric: str, x_cols: list[
     y = train[metric].to_numpy(dtype=float)
     check_fittable(law, X, x_cols, f"{metric} over {', '.join(x_cols)}")
     fitted = fit_arrays(law, X, y, train["_run"].to_numpy(), opts)
-    targets = _targets(pts[held], x_cols, metric) + list(extra_targets)
+    targets = _targets(pts[held], x_cols, metric)
+    targets += [t for t in extra_targets if t.label not in set(pts.loc[held, "_size"])]
     held_preds = predictions(fitted, targets, x_cols, opts.level)
     loso_preds, warn = [], []
     if loso:

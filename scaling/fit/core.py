@@ -2,9 +2,9 @@
 
 Objective (Hoffmann et al. 2022, approach 3): Σ w_i · ρ(log f(x_i; θ) − log y_i) / Σ w_i, with ρ the
 Huber loss (δ = 1e-3 by default, divided by δ so its slope is ±1) or ½r² (`loss="squares"`). θ holds
-scale parameters as logarithms. For conditioning, each input is divided by its geometric mean x₀ and
-the scale parameters that multiply it are rescaled to match (`Param.scales`); results are mapped back,
-so this changes nothing but the number of iterations. The whole initial grid is scored in one
+scale parameters as logarithms. For conditioning, each input that a parameter declares it scales
+(`Param.scales`) is divided by its geometric mean x₀ and those parameters are rescaled to match;
+results are mapped back, so this changes nothing but the number of iterations. The whole initial grid is scored in one
 vectorized numpy call; L-BFGS-B (gradient from central differences of log f, computed in the same
 vectorized call) starts from the best few grid points; the lowest objective wins. Deterministic.
 """
@@ -49,7 +49,9 @@ class Problem:
             raise FitError(f"Huber delta must be > 0, got {delta}")
         self.law, self.loss, self.delta = law, loss, float(delta)
         X = np.asarray(X, dtype=float).reshape(len(law.inputs), -1)
-        self.logX0 = np.log(X).mean(axis=1)
+        # Only inputs that some parameter declares it absorbs the scale of are normalized.
+        scaled = {p.scales[0] for p in law.params if p.scales is not None}
+        self.logX0 = np.array([np.log(X[i]).mean() if name in scaled else 0.0 for i, name in enumerate(law.inputs)])
         self.X = X / np.exp(self.logX0)[:, None]
         self.logy = np.log(np.asarray(y, dtype=float))
         P = len(law.params)

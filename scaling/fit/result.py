@@ -190,17 +190,7 @@ class FitResult:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the JSON atomically (temp file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_json() + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> FitResult:
@@ -208,6 +198,21 @@ class FitResult:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError, TypeError, KeyError) as e:
             raise FitError(f"{path}: not a readable fit file ({e})") from e
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a temp file next to `path`, then rename it over `path` (readers never see half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _tuples(d: dict, *keys: str) -> dict:

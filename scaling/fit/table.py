@@ -119,7 +119,7 @@ def size_points(df: pd.DataFrame, metric: str, x_cols: list[str], cols: Columns,
                              "reason": f"status {r['_status']} (pass --include-unfinished to use its last value)"})
         last = last[~unfinished]
     for e in excluded:
-        log.warning("run %s left out: %s", e["run_id"], e["reason"])
+        log.debug("run %s left out: %s", e["run_id"], e["reason"])
     if last.empty:
         raise FitError(f"no run has a usable value of {metric}"
                        + (f"; left out: {', '.join(e['run_id'] + ' (' + e['reason'] + ')' for e in excluded)}"
