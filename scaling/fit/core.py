@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _H = 1e-6           # central-difference step in the fitted space
 _BAD = 1e30         # objective where the law is not positive or not finite
+PARALLEL_WORK = 100_000   # distinct resamples x points from which the bootstrap forks processes
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,8 @@ def bootstrap(law: Law, X: np.ndarray, y: np.ndarray, theta0: np.ndarray, units:
     X = np.asarray(X, dtype=float).reshape(len(law.inputs), -1)
     W = resample_weights(units, strata, B, seed)
     W = W[identifiable(X, W, len(theta0))]
+    # Identical resamples give identical fits: with few runs most resamples repeat (4 runs: 35 distinct).
+    W, again = np.unique(W, axis=0, return_inverse=True)
     workers = default_workers(len(W), X.shape[1]) if workers is None else max(1, int(workers))
     args = [law, X, y, W, theta0, loss, delta]
     registered = LAWS.get(law.name) is law            # workers look the law up by name
@@ -237,6 +240,7 @@ def bootstrap(law: Law, X: np.ndarray, y: np.ndarray, theta0: np.ndarray, units:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as ex:
             out = np.concatenate(list(ex.map(_boot_chunk, [[law.name, X, y, c, *args[4:]]
                                                            for c in np.array_split(W, workers)])))
+    out = out[again.ravel()]
     return out[np.all(np.isfinite(out), axis=1)]
 
 
@@ -245,4 +249,5 @@ def default_workers(resamples: int, n_points: int) -> int:
     env = os.environ.get("SCALING_FIT_WORKERS")
     if env:
         return max(1, int(env))
-    return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cpus, 4) if resamples * n_points >= PARALLEL_WORK else 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from scaling.fit.partial import PartialPrediction
 from scaling.fit.result import FitResult, Prediction
 
@@ -36,8 +38,12 @@ def describe(r: FitResult) -> list[str]:
     for p in r.holdout:
         lines.append(f"  {label} {prediction_line(p, r.level)}")
     if r.leave_one_size_out:
-        errs = [f"{p.label} {100 * p.relative_error:+.1f}%" for p in r.leave_one_size_out
-                if p.relative_error is not None]
+        by_size: dict[str, list[float]] = {}
+        for p in r.leave_one_size_out:
+            if p.relative_error is not None:
+                by_size.setdefault(p.label.split(" ")[0], []).append(p.relative_error)
+        errs = [f"{s} {100 * e[0]:+.1f}%" if len(e) == 1 else f"{s} mean |{100 * np.mean(np.abs(e)):.1f}%| "
+                f"over {len(e)} points" for s, e in by_size.items()]
         lines.append("  leave-one-size-out errors: " + ", ".join(errs))
     lines += [f"  left out: {e.get('run_id')} ({e.get('reason')})" for e in r.excluded]
     lines += [f"  warning: {w}" for w in r.warnings]
