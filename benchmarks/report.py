@@ -55,7 +55,7 @@ def main() -> int:
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cold_cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
-        fits, _ = load_fits([tmp / "fits" / "demo"])
+        fits, _, _ = load_fits([tmp / "fits" / "demo"])
         warm, warm_cpu = [], []
         for i in range(3):
             start, cpu = time.perf_counter(), time.process_time()

@@ -232,7 +232,7 @@ def test_report_writes_self_contained_html_markdown_and_figures(report, spec, ta
     assert base64.b64decode(srcs[0].split(",", 1)[1]) == (out / "figures" / "loss_vs_params.png").read_bytes()
     assert not re.search(r"<(script|link|iframe)\b", page) and "url(" not in page  # nothing fetched
     for text in (spec.sha256, "sqlite:///./mlflow.db", "git commit", "Every run in the table finished",
-                 "demo-XL-600steps-s0", "y = ", "leave-one-size-out", "Backtest", "Fitted parameters"):
+                 "demo-XL-600steps-s0", "y = ", "leave-one-size-out", "Backtest", "Fitted parameters", "Fit warnings"):
         assert text in page, text
     md = (out / "report.md").read_text(encoding="utf-8")
     for ref in re.findall(r"\]\((figures/[^)]+)\)", md):
@@ -267,8 +267,8 @@ def test_partial_sweep_is_stated_plainly(tmp_path, spec, case):
 
 def test_report_without_fits_or_levels_still_draws_the_data(tmp_path, table):
     small = table.drop(columns=D.level_columns(table))
-    fits, problems = load_fits([tmp_path / "fits" / "demo"])
-    assert fits == [] and "run `scaling fit` first" in problems[0]
+    fits, partials, problems = load_fits([tmp_path / "fits" / "demo"])
+    assert fits == [] and partials == [] and "run `scaling fit` first" in problems[0]
     result = build_report(small, fits, tmp_path / "r", problems=problems)
     assert result.figures == FIGURES
     page = (tmp_path / "r" / "index.html").read_text(encoding="utf-8")
@@ -279,9 +279,33 @@ def test_unreadable_fit_file_is_reported_and_the_rest_used(tmp_path, fits):
     folder = rs.write_fits(fits[:2], tmp_path / "fits")
     (folder / "broken.json").write_text("{not json")
     (folder / "old.json").write_text(json.dumps({"schema_version": 0}))
-    loaded, problems = load_fits([folder])
+    loaded, _, problems = load_fits([folder])
     assert [f.law for f in loaded] == [f.law for f in fits[:2]]
     assert len(problems) == 2 and all("skipped" in p for p in problems)
+
+
+def test_a_running_size_predicted_from_its_partial_curve_is_shown(tmp_path, spec):
+    from scaling.fit.partial import PartialPrediction, write_partial
+
+    table = rs.demo_table({"XL": 300}, {"XL": "RUNNING"}, with_levels=False)
+    fits = rs.demo_fits(table, metrics=("laplace",))
+    rows = (PartialPrediction(0.0, 0.0, 0, 0.39, (0.36, 0.42)), PartialPrediction(0.5, 300.0, 30, 0.376, (0.37, 0.382)))
+    folder = rs.write_fits(fits, tmp_path / "fits")
+    write_partial(folder / "iw-laplace__chinchilla__partial-XL.json", rows, metric="eval/iw/laplace",
+                  law="chinchilla", size="XL", final_step=600.0)
+    loaded, partials, problems = load_fits([folder])
+    assert len(loaded) == len(fits) and problems == [] and partials[0].rows == rows
+    result = build_report(table, loaded, tmp_path / "r", spec=spec, partials=partials)
+    page = (result.out / "index.html").read_text(encoding="utf-8")
+    assert ("chinchilla predicts XL&#x27;s final loss at step 600 from the other sizes and 50% of its curve "
+            "(up to step 300): 0.376 [0.37, 0.382]") in page
+    assert "Final loss of a running size from its partial curve" in page and "not reached" in page
+    curve_fits = [f for f in loaded if f.axis.startswith("steps-")]
+    a = plot_loss_vs_steps(D.curves(table, "eval/iw/laplace", "step"), D.runs_of(table, "eval/iw/laplace"),
+                           curve_fits, metric="eval/iw/laplace", heldout=("XL",), partials=partials, ax=ax())
+    assert "chinchilla predicts XL@600 from 50% of its curve: 0.376 [0.37, 0.382]" in legend_texts(a)
+    bar = a.containers[-1]
+    assert bar.lines[0].get_xdata()[0] == 600.0 and bar.lines[0].get_ydata()[0] == pytest.approx(0.376)
 
 
 def test_bad_tables_raise_errors_that_name_the_fix(tmp_path, table):
@@ -389,6 +413,6 @@ def test_index_html_renders_in_headless_chromium_with_every_image_and_no_console
     assert found, proc.stdout[-2000:]
     result = json.loads(found.group(1).replace("&quot;", '"'))
     assert result["images"] == 5 and result["loaded"] == 5 and min(result["widths"]) > 500
-    assert result["tables"] == 3
+    assert result["tables"] == 4  # runs, parameters, backtest, fit warnings
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
     assert console == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -25,11 +26,20 @@ from matplotlib.figure import Figure
 
 from scaling.errors import FitError, ReportError
 from scaling.fit import FitResult
+from scaling.fit.partial import PartialPrediction
 from scaling.report import data as D
 from scaling.report import figures as F
 from scaling.report.page import FigureOut, Page, render_html, render_markdown
 from scaling.report.style import RC, short_metric
-from scaling.report.tables import backtest_table, headline, params_table, runs_table
+from scaling.report.tables import (
+    backtest_table,
+    headline,
+    params_table,
+    partial_headline,
+    partial_table,
+    runs_table,
+    warnings_table,
+)
 from scaling.spec import EvalSpec, Spec
 
 log = logging.getLogger(__name__)
@@ -52,22 +62,56 @@ class ReportResult:
     "Inputs that could not be used."
 
 
-def load_fits(paths: Sequence[str | Path]) -> tuple[list[FitResult], list[str]]:
-    """Read fit result files (each path a `.json` file or a folder of them) with `FitResult.read`.
+@dataclass(frozen=True)
+class PartialFile:
+    """A `fits/<name>/<metric>__<law>__partial-<size>.json` file (docs/fitting.md): a running size's final
+    loss predicted from its partial curve plus the other sizes, one row per fraction of the curve seen."""
 
-    A file that cannot be read is reported as a problem (returned), not an error: the rest of the report
-    is still worth having. A path that does not exist is a problem too."""
-    fits, problems = [], []
+    metric: str
+    law: str
+    size: str
+    final_step: float
+    rows: tuple[PartialPrediction, ...]
+
+    @classmethod
+    def read(cls, path: Path) -> PartialFile:
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            rows = tuple(PartialPrediction(**{**r, "interval": tuple(r["interval"]) if r.get("interval") else None})
+                         for r in d["rows"])
+            return cls(str(d["metric"]), str(d["law"]), str(d["size"]), float(d["final_step"]), rows)
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            raise FitError(f"{path}: not a readable partial-prediction file ({e})") from e
+
+
+def load_fits(paths: Sequence[str | Path]) -> tuple[list[FitResult], list[PartialFile], list[str]]:
+    """Read fit result files (each path a `.json` file or a folder of them): `FitResult.read` for fits,
+    `PartialFile.read` for partial-curve predictions (`"kind": "partial"`).
+
+    Returns (fits, partial predictions, problems). A file that cannot be read is a problem, not an error:
+    the rest of the report is still worth having. A path with no results is a problem too."""
+    fits, partials, problems = [], [], []
     for path in map(Path, paths):
         files = sorted(path.glob("*.json")) if path.is_dir() else [path] if path.is_file() else []
         if not files:
             problems.append(f"no fit results in {path}: run `scaling fit` first (figures show data only)")
         for file in files:
             try:
-                fits.append(FitResult.read(file))
+                if _kind(file) == "partial":
+                    partials.append(PartialFile.read(file))
+                else:
+                    fits.append(FitResult.read(file))
             except FitError as e:
                 problems.append(f"{file} skipped: {e}")
-    return fits, problems
+    return fits, partials, problems
+
+
+def _kind(path: Path) -> str | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # FitResult.read reports it
+    return doc.get("kind") if isinstance(doc, dict) else None
 
 
 def _git_commit() -> str:
@@ -104,7 +148,8 @@ CAPTIONS = {
         "error bar is the law's prediction for it, and the number beside it the relative error."),
     "loss_vs_steps": (
         "Loss vs training progress",
-        "The loss of each size along training, with each size's fitted curve (thick, light). The held-out "
+        "The loss of each size along training, with each size's fitted curve (thick, light; of several laws, "
+        "the one that fits that size best). The held-out "
         "size's curve fit is black: dashed over the steps it was fitted on, dotted beyond them to the end of "
         "the longest run (for a running size: the predicted rest of its run), with its band; the marker with "
         "whiskers is the fit's prediction of its last point from the earlier ones, the star the actual value."),
@@ -126,7 +171,8 @@ CAPTIONS = {
 }
 
 
-def _figures(table: pd.DataFrame, runs: list[D.Run], fits: list[FitResult], metric: str,
+def _figures(table: pd.DataFrame, runs: list[D.Run], fits: list[FitResult], partials: Sequence[PartialFile],
+             metric: str,
              grid: np.ndarray | None, heldout: Sequence[str],
              progress: str | None) -> list[tuple[str, Callable[[], Figure]]]:
     curve_fits = [f for f in fits if D.curve_size(f) is not None and f.metric == metric]
@@ -152,7 +198,8 @@ def _figures(table: pd.DataFrame, runs: list[D.Run], fits: list[FitResult], metr
     return [
         ("loss_vs_params", one(lambda ax: F.plot_loss_vs_params(runs, fits, metric=metric, ax=ax), (10.0, 4.8))),
         ("loss_vs_steps", one(lambda ax: F.plot_loss_vs_steps(D.curves(table, metric, x), runs, curve_fits,
-                                                              metric=metric, x=x, heldout=heldout, ax=ax),
+                                                              metric=metric, x=x, heldout=heldout, ax=ax,
+                                                              partials=partials if x == "step" else ()),
                              (10.0, 4.8))),
         ("levels", levels_fig),
         ("weightings", one(lambda ax: F.plot_weighting_backtest(fits, ax=ax), (7.2, 4.4))),
@@ -161,6 +208,7 @@ def _figures(table: pd.DataFrame, runs: list[D.Run], fits: list[FitResult], metr
 
 
 def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path, *, spec: Spec | None = None,
+                 partials: Sequence[PartialFile] = (),
                  metric: str | None = None, problems: Sequence[str] = (), mlflow_uri: str | None = None,
                  title: str | None = None, progress: str | None = None) -> ReportResult:
     """Draw every figure and write `out/index.html`, `out/report.md` and `out/figures/*.{png,svg}`.
@@ -196,7 +244,7 @@ def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path
 
     rendered, svgs = [], {}
     with matplotlib.rc_context(RC):
-        for name, make in _figures(table, runs, fits, metric, grid, heldout, progress):
+        for name, make in _figures(table, runs, fits, partials, metric, grid, heldout, progress):
             try:
                 png, svg = _render(make)
             except (ValueError, KeyError, TypeError, FitError) as e:  # one bad input must not lose the report
@@ -212,9 +260,11 @@ def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path
     page = Page(
         title=title or f"Scaling report: {name} ({short_metric(metric)})",
         description=spec.description.strip() if spec else "",
-        status=tuple(status), headline=tuple(headline(fits, metric)), problems=tuple(problems),
+        status=tuple(status), problems=tuple(problems),
+        headline=tuple(headline(fits, metric, heldout) + partial_headline(partials, metric)),
         figures=tuple(rendered),
-        tables=(runs_table(runs, table, metric, uri), params_table(fits), backtest_table(fits)),
+        tables=(runs_table(runs, table, metric, uri), params_table(fits), backtest_table(fits),
+                *([partial_table(partials)] if partials else []), warnings_table(fits)),
         provenance=(
             ("sweep file", f"{spec.source} sha256 {spec.sha256}" if spec else "not given"),
             ("git commit", _git_commit()),
@@ -286,6 +336,7 @@ def report_from_files(sweep: str | Path | None = None, table: str | Path | None 
     spec = load_sweep(sweep) if sweep else None
     table_path, fit_paths, out_path = report_paths(spec, table, fits, out)
     frame = D.rename_columns((loader or D.load_table)(table_path), size_col, params_col, step_col)
-    results, problems = load_fits(fit_paths)
-    return build_report(frame, results, out_path, spec=spec, metric=metric, problems=problems, mlflow_uri=mlflow_uri,
+    results, partials, problems = load_fits(fit_paths)
+    return build_report(frame, results, out_path, spec=spec, partials=partials, metric=metric, problems=problems,
+                        mlflow_uri=mlflow_uri,
                         progress=progress)

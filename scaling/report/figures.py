@@ -118,8 +118,9 @@ def plot_loss_vs_params(runs: Sequence[Run], fits: Sequence[FitResult] = (), *, 
 
 def plot_loss_vs_steps(curves: Mapping[str, pd.DataFrame], runs: Sequence[Run],
                        fits: Sequence[FitResult] = (), *, metric: str, x: str = "step",
-                       heldout: Sequence[str] = (), ax: Axes | None = None) -> Axes:
-    """Figure 2: the loss of each size over steps (or samples, FLOPs), the fitted L(x) curve of each size,
+                       heldout: Sequence[str] = (), partials: Sequence = (), ax: Axes | None = None) -> Axes:
+    """Figure 2: the loss of each size over steps (or samples, FLOPs), the fitted L(x) curve of each size
+    (of several laws, the one with the lowest fit loss),
     and the held-out sizes' curves in black: solid over the points they were fitted on, dotted beyond them
     to the end of the longest run, with the band and the backtest of the last point."""
     ax = ax or new_axes((10.0, 4.8))
@@ -137,11 +138,15 @@ def plot_loss_vs_steps(curves: Mapping[str, pd.DataFrame], runs: Sequence[Run],
         ax.plot(points[x], points[metric], color=st["color"], marker=st["marker"], ms=4, lw=1,
                 linestyle=st["linestyle"], mfc="white" if run.partial else st["color"], label=label, zorder=3)
     drawn = 0
-    for fit in sorted(fits, key=lambda f: sizes.index(curve_size(f)) if curve_size(f) in sizes else len(sizes)):
+    best: dict[str, FitResult] = {}  # one curve per size: the law that fits it best (lowest loss)
+    for fit in fits:
         size = curve_size(fit)
-        if (size not in styles or _x_of(fit) != x or fit.metric != metric
-                or not any(p.x.get(x, 0) > 0 for p in fit.points)):
-            continue
+        if (size in styles and _x_of(fit) == x and fit.metric == metric
+                and any(p.x.get(x, 0) > 0 for p in fit.points)
+                and (size not in best or fit.objective < best[size].objective)):
+            best[size] = fit
+    for size in (s for s in sizes if s in best):
+        fit = best[size]
         if size in heldout:
             st = {"color": "black", "linestyle": "--", "marker": "X"}
             end = max((float(p[x].max()) for p in curves.values() if not p.empty), default=0.0)
@@ -153,6 +158,18 @@ def plot_loss_vs_steps(curves: Mapping[str, pd.DataFrame], runs: Sequence[Run],
             xs = np.geomspace(lo, hi, 60)
             ax.plot(xs, fit.predict(xs), color=styles[size]["color"], lw=3.5, alpha=0.35, zorder=1,
                     label=f"{size} fit: {fit.formula}")
+        drawn += 1
+    for p in partials:  # a running size's final loss predicted from its partial curve + the other sizes
+        if p.metric != metric or not p.rows or p.size not in styles:
+            continue
+        last = p.rows[-1]
+        yerr = None
+        if last.interval is not None:
+            yerr = [[max(last.predicted - last.interval[0], 0.0)], [max(last.interval[1] - last.predicted, 0.0)]]
+        interval = f" [{fmt(last.interval[0])}, {fmt(last.interval[1])}]" if last.interval else ""
+        ax.errorbar([p.final_step], [last.predicted], yerr=yerr, color="0.35", marker="D", ms=7, capsize=4,
+                    ls="none", label=f"{p.law} predicts {p.size}@{p.final_step:g} from {last.fraction:.0%} of its "
+                                     f"curve: {fmt(last.predicted)}{interval}")
         drawn += 1
     if not ax.lines:
         return note(ax, f"no {metric} values over {x}")

@@ -86,27 +86,69 @@ def backtest_table(fits: Sequence[FitResult]) -> Table:
                  "Leave one size out: each size in turn predicted from the others.")
 
 
-def headline(fits: Sequence[FitResult], metric: str) -> list[str]:
-    """Plain sentences: does the law hold, what it predicts for the held-out size, how far to trust it."""
+def _verdict(h: Prediction, level: float) -> str:
+    if h.actual is None:
+        return "; not observed yet"
+    text = f"; actual {fmt(h.actual)}, error {pct(h.relative_error)}"
+    if h.interval is None or h.inside is None:
+        return text + " (no interval)"
+    return text + f", {'inside' if h.inside else 'outside'} the {level:.0%} interval"
+
+
+def headline(fits: Sequence[FitResult], metric: str, heldout: Sequence[str] = ()) -> list[str]:
+    """Plain sentences for the main metric: what each size law predicts for the held-out size and how it
+    backtests, the leave-one-size-out errors and the fit's warnings; and the held-out size's curve backtest.
+    (Curves of the other sizes are in the tables.)"""
     lines = []
     for f in fits:
-        if f.metric != metric:
+        size = curve_size(f)
+        if f.metric != metric or (size is not None and size not in heldout):
             continue
+        on = f" over {f.axis}" if size is not None else ""
         for h in f.holdout:
-            on = f" ({f.axis})" if curve_size(f) is not None else ""
-            text = f"{f.law}{on} ({f.formula}) predicts {h.label}: {fmt(h.predicted)} {_interval(h.interval)}"
-            if h.actual is not None:
-                verdict = "inside" if h.inside else "outside"
-                text += (f"; actual {fmt(h.actual)}, error {pct(h.relative_error)}, "
-                         f"{verdict} the {f.level:.0%} interval")
-            else:
-                text += "; not observed yet"
-            lines.append(text + ".")
+            lines.append(f"{f.law}{on} ({f.formula}) predicts {h.label}: {fmt(h.predicted)} "
+                         f"{_interval(h.interval)}{_verdict(h, f.level)}.")
         loso = [h for h in f.leave_one_size_out if h.relative_error is not None]
         if loso:
             worst = max(abs(h.relative_error) for h in loso)
             parts = ", ".join(f"{h.label} {pct(h.relative_error)}" for h in loso)
             lines.append(f"{f.law}: leave-one-size-out errors {parts} (worst {worst:.1%}).")
-        for w in f.warnings:
-            lines.append(f"Warning ({f.law}, {f.axis}): {w}")
+        if size is None:
+            lines.extend(f"Warning ({f.law}{on}): {w}" for w in f.warnings)
     return lines
+
+
+def partial_headline(partials: Sequence, metric: str) -> list[str]:
+    """One sentence per running size predicted from its partial curve: the latest prediction."""
+    lines = []
+    for p in partials:
+        if p.metric != metric or not p.rows:
+            continue
+        last = p.rows[-1]
+        lines.append(f"{p.law} predicts {p.size}'s final loss at step {p.final_step:g} from the other sizes and "
+                     f"{last.fraction:.0%} of its curve (up to step {last.step:g}): {fmt(last.predicted)} "
+                     f"{_interval(last.interval)}" + (f"; actual {fmt(last.actual)}, error "
+                                                      f"{pct(last.relative_error)}" if last.actual is not None
+                                                      else "") + ".")
+    return lines
+
+
+def partial_table(partials: Sequence) -> Table:
+    rows = []
+    for p in partials:
+        for r in p.rows:
+            width = fmt(r.interval[1] - r.interval[0], 3) if r.interval else "—"
+            rows.append((short_metric(p.metric), p.law, f"{p.size}@{p.final_step:g}", f"{r.fraction:.0%}",
+                         f"{r.step:g}", str(r.points), fmt(r.predicted), _interval(r.interval), width,
+                         fmt(r.actual) if r.actual is not None else "not reached", pct(r.relative_error)))
+    return Table("Final loss of a running size from its partial curve",
+                 ("metric", "law", "predicted", "curve seen", "up to step", "points", "prediction", "interval",
+                  "width", "actual", "relative error"), tuple(rows),
+                 "One law of (size, step) fitted to the other sizes and the first part of this size's curve, "
+                 "evaluated at its final step: the interval should narrow as the run goes on.")
+
+
+def warnings_table(fits: Sequence[FitResult]) -> Table:
+    rows = tuple((short_metric(f.metric), f.law, f.axis, w) for f in fits for w in f.warnings)
+    return Table("Fit warnings", ("metric", "law", "axis", "warning"), rows,
+                 "Why a fit may not be trusted, as `scaling fit` found it.")
