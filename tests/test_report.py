@@ -308,6 +308,27 @@ def test_a_running_size_predicted_from_its_partial_curve_is_shown(tmp_path, spec
     assert bar.lines[0].get_xdata()[0] == 600.0 and bar.lines[0].get_ydata()[0] == pytest.approx(0.376)
 
 
+def test_report_reads_what_scaling_fit_writes(tmp_path, spec, monkeypatch):
+    """The contract between `fit` and `report`, end to end: the real `scaling fit` on a partial sweep."""
+    from scaling.cli import main
+
+    table = rs.demo_table({"XL": 300}, {"XL": "RUNNING"}, with_levels=False)
+    table.to_csv(tmp_path / "table.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", str(rs.DEMO), "--table", "table.csv", "--law", "power", "--bootstrap", "30",
+                 "--workers", "1", "--metric", "eval/iw/laplace,eval/iw/uniform"]) == 0
+    fits, partials, problems = load_fits(["fits/demo"])
+    assert problems == [] and partials and {f.axis for f in fits} == {"params", "steps-S", "steps-M", "steps-L",
+                                                                       "steps-XL"}
+    result = build_report(table, fits, tmp_path / "reports" / "demo", spec=spec, partials=partials)
+    assert result.figures == FIGURES and result.problems == ()
+    assert any("left out of the fits: status RUNNING" in line for line in result.status)
+    page = (result.out / "report.md").read_text(encoding="utf-8")
+    size_law = next(f for f in fits if f.axis == "params" and f.metric == "eval/iw/laplace")
+    assert f"power ({size_law.formula}) predicts XL: " in page and "not observed yet" in page
+    assert "chinchilla predicts XL's final loss at step 600 from the other sizes and 50% of its curve" in page
+
+
 def test_bad_tables_raise_errors_that_name_the_fix(tmp_path, table):
     with pytest.raises(ReportError, match="scaling export"):
         load_table(tmp_path / "absent.csv")

@@ -100,9 +100,14 @@ def headline(fits: Sequence[FitResult], metric: str, heldout: Sequence[str] = ()
     backtests, the leave-one-size-out errors and the fit's warnings; and the held-out size's curve backtest.
     (Curves of the other sizes are in the tables.)"""
     lines = []
+    best: dict[str, FitResult] = {}  # of several curve laws for one size, the one that fits it best (as drawn)
     for f in fits:
         size = curve_size(f)
-        if f.metric != metric or (size is not None and size not in heldout):
+        if f.metric == metric and size in heldout and (size not in best or f.objective < best[size].objective):
+            best[size] = f
+    for f in fits:
+        size = curve_size(f)
+        if f.metric != metric or (size is not None and best.get(size) is not f):
             continue
         on = f" over {f.axis}" if size is not None else ""
         for h in f.holdout:
