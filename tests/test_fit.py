@@ -173,6 +173,8 @@ def test_unfinished_runs_are_left_out_and_reported_unless_asked():
     t = tidy_table(seed=2, status={"XL": "RUNNING"})
     r = fit_size_law(t, "power", "eval/iw/laplace", ["params"], holdout=[], opts=FAST, loso=False)
     assert "XL" not in r.sizes
+    held = fit_size_law(t, "power", "eval/iw/laplace", ["params"], holdout=["XL"], opts=FAST, loso=False)
+    assert not held.holdout and any("XL has no usable run" in w for w in held.warnings)
     assert r.excluded[0]["run_id"] == "demo-XL-600-s0" and "RUNNING" in r.excluded[0]["reason"]
     r2 = fit_size_law(t, "power", "eval/iw/laplace", ["params"], holdout=[], include_unfinished=True, opts=FAST,
                       loso=False)

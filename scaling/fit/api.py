@@ -243,6 +243,9 @@ def fit_size_law(table: pd.DataFrame, law: str | Law, metric: str, x_cols: list[
     targets += [t for t in extra_targets if t.label not in set(pts.loc[held, "_size"])]
     held_preds = predictions(fitted, targets, x_cols, opts.level)
     loso_preds, warn = [], []
+    for h in holdout:
+        if not any(t.label == h or t.label.startswith(f"{h} ") for t in targets):
+            warn.append(f"held-out size {h} has no usable run and no planned inputs: nothing to predict")
     if loso:
         for size in dict.fromkeys(pts["_size"]):
             rest = pts[pts["_size"] != size]
