@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 import numpy as np
 
 from scaling.fit import FitOptions, fit_size_law
-from scaling.fit.core import bootstrap, fit_arrays
+from scaling.fit.core import bootstrap, default_workers, fit_arrays
 from scaling.laws import get_law
 
 
@@ -65,10 +66,14 @@ def main() -> None:
     w_fit, c_fit, opt = timed(lambda: fit_arrays(law, X, y))
     print(f"chinchilla, 250 points, fit (5400-point grid + 8 L-BFGS-B starts): {w_fit:6.2f} s wall ({c_fit:.2f} s CPU)")
     for workers in (1, 2):
+        child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         w, c, boot = timed(lambda workers=workers: bootstrap(law, X, y, opt.theta, np.arange(250), B=B,
                                                              workers=workers))
+        child1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        c += (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
         print(f"chinchilla, 250 points, {B} resamples, {workers} process(es): {w:6.2f} s wall "
-              f"({c:.2f} s CPU in this process), {len(boot)} fitted; fit + bootstrap = {w_fit + w:.2f} s")
+              f"({c:.2f} s CPU incl. workers), {len(boot)} fitted; fit + bootstrap = {w_fit + w:.2f} s wall")
+    print(f"default bootstrap processes here: {default_workers(B, 250)}")
 
 
 if __name__ == "__main__":

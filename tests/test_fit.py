@@ -77,6 +77,19 @@ def test_recovers_known_chinchilla_parameters_from_seeded_noisy_data():
     assert est["alpha"] == pytest.approx(0.34, rel=0.1) and est["beta"] == pytest.approx(0.28, rel=0.1)
 
 
+def test_recovers_kaplan_parameters_over_params_and_steps():
+    law = get_law("kaplan_ns")
+    truth = {"N_c": 8.8e13, "alpha_N": 0.076, "S_c": 2.1e3, "alpha_S": 0.76}        # Kaplan et al.'s values
+    N = np.repeat([1e6, 3e6, 1e7, 3e7, 1e8], 8)
+    S = np.tile(np.logspace(2.5, 5, 8), 5)
+    y = law(N, S, **truth) * np.exp(np.random.default_rng(0).normal(0, 0.002, len(N)))
+    opt = fit_arrays(law, np.stack([N, S]), y)
+    est = {p.name: float(p.to_value(t)) for p, t in zip(law.params, opt.theta)}
+    assert opt.converged and not any(opt.on_bound)
+    assert est["alpha_N"] == pytest.approx(0.076, rel=0.02) and est["alpha_S"] == pytest.approx(0.76, rel=0.02)
+    assert est["S_c"] == pytest.approx(2.1e3, rel=0.05) and est["N_c"] == pytest.approx(8.8e13, rel=0.3)
+
+
 def test_same_data_same_result_and_json_round_trip(tmp_path):
     t = tidy_table(seed=3, seeds=2)
     a = fit_size_law(t, "power", "eval/iw/laplace", ["params"], holdout=["XL"], opts=FAST, name="demo")
@@ -160,6 +173,8 @@ def test_unfinished_runs_are_left_out_and_reported_unless_asked():
     t = tidy_table(seed=2, status={"XL": "RUNNING"})
     r = fit_size_law(t, "power", "eval/iw/laplace", ["params"], holdout=[], opts=FAST, loso=False)
     assert "XL" not in r.sizes
+    held = fit_size_law(t, "power", "eval/iw/laplace", ["params"], holdout=["XL"], opts=FAST, loso=False)
+    assert not held.holdout and any("XL has no usable run" in w for w in held.warnings)
     assert r.excluded[0]["run_id"] == "demo-XL-600-s0" and "RUNNING" in r.excluded[0]["reason"]
     r2 = fit_size_law(t, "power", "eval/iw/laplace", ["params"], holdout=[], include_unfinished=True, opts=FAST,
                       loso=False)
@@ -248,7 +263,7 @@ def test_nan_losses_leave_the_run_out_by_name():
 def test_cli_fits_every_iw_metric_and_law_from_a_csv(tmp_path, capsys):
     csv = tmp_path / "table.csv"
     tidy_table(seed=8).to_csv(csv, index=False)
-    rc = main(["fit", "--table", str(csv), "--name", "demo", "--out", str(tmp_path / "fits"), "--bootstrap", "10"])
+    rc = main(["fit", "--table", str(csv), "--name", "demo", "--out", str(tmp_path / "fits"), "--bootstrap", "0"])
     out = capsys.readouterr().out
     files = sorted(p.name for p in (tmp_path / "fits" / "demo").iterdir())
     assert rc == 0

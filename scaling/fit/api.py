@@ -127,7 +127,7 @@ def predictions(fitted: Fitted, targets: list[Target], x_cols: list[str], level:
 
 
 def reliability(fitted: Fitted, n: int, sizes: int, preds: tuple[Prediction, ...], max_x: float,
-                x_col: str) -> list[str]:
+                x_col: str, level: float = 0.95) -> list[str]:
     """Why the fit may not be trusted, in words."""
     law, P, w = fitted.law, len(fitted.law.params), []
     if n <= P:
@@ -151,7 +151,7 @@ def reliability(fitted: Fitted, n: int, sizes: int, preds: tuple[Prediction, ...
         for j, p in enumerate(law.params):
             if ok >= 2:
                 v = p.to_value(fitted.boot[:, j])
-                lo, hi = np.percentile(v, [2.5, 97.5])
+                lo, hi = np.percentile(v, [50 * (1 - level), 50 * (1 + level)])
                 value = p.to_value(fitted.theta[j])
                 if hi - lo > abs(value):
                     w.append(f"interval of {p.name} [{lo:.3g}, {hi:.3g}] is wider than its value {value:.3g}")
@@ -186,8 +186,8 @@ def make_result(fitted: Fitted, pts: pd.DataFrame, x_cols: list[str], metric: st
                          float(np.log(yy) - np.log(pp)))
                    for r, s, xs, yy, pp in zip(pts["_run"], pts["_size"], X.T, y, pred))
     samples = tuple(tuple(float(p.to_value(t)) for p, t in zip(law.params, th)) for th in fitted.boot[:MAX_SAMPLES])
-    warn = [*reliability(fitted, len(y), len(np.unique(X[0])), (*holdout,), float(X[0].max()), x_cols[0]),
-            *warnings]
+    warn = [*reliability(fitted, len(y), len(np.unique(X[0])), (*holdout,), float(X[0].max()), x_cols[0],
+                         opts.level), *warnings]
     for w in warn:
         log.debug("%s %s %s: %s", metric, law.name, axis, w)
     return FitResult(
@@ -243,6 +243,9 @@ def fit_size_law(table: pd.DataFrame, law: str | Law, metric: str, x_cols: list[
     targets += [t for t in extra_targets if t.label not in set(pts.loc[held, "_size"])]
     held_preds = predictions(fitted, targets, x_cols, opts.level)
     loso_preds, warn = [], []
+    for h in holdout:
+        if not any(t.label == h or t.label.startswith(f"{h} ") for t in targets):
+            warn.append(f"held-out size {h} has no usable run and no planned inputs: nothing to predict")
     if loso:
         for size in dict.fromkeys(pts["_size"]):
             rest = pts[pts["_size"] != size]

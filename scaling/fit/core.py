@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 _H = 1e-6           # central-difference step in the fitted space
 _BAD = 1e30         # objective where the law is not positive or not finite
-PARALLEL_WORK = 100_000   # distinct resamples x points from which the bootstrap forks processes
+# The bootstrap forks processes only with >= 4 CPUs and >= 100,000 distinct resamples x points: on the
+# shared 2-core machine 2 processes were as often slower as faster than 1 (benchmarks/fit.py).
+PARALLEL_WORK = 100_000
+PARALLEL_CPUS = 4
 
 
 @dataclass(frozen=True)
@@ -250,4 +253,4 @@ def default_workers(resamples: int, n_points: int) -> int:
     if env:
         return max(1, int(env))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cpus, 4) if resamples * n_points >= PARALLEL_WORK else 1
+    return min(cpus, 4) if cpus >= PARALLEL_CPUS and resamples * n_points >= PARALLEL_WORK else 1

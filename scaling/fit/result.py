@@ -157,7 +157,8 @@ class FitResult:
 
     # --- JSON --------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return _clean(asdict(self))
+        d = _clean(asdict(self))
+        return {"schema_version": d.pop("schema_version"), **d}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, ensure_ascii=False, allow_nan=False)
