@@ -70,7 +70,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table = []
     for row, job in zip(rows, jobs):
         r = job.resources
-        res = f"{r.nodes}x{r.gpus}gpu {r.cpus}cpu {r.mem_gb:g}G {r.time_min}min" + (f" {r.partition}" if r.partition else "")
+        res = f"{r.nodes}x{r.gpus}gpu {r.cpus}cpu {r.mem_gb:g}G {r.time_min}min"
+        res += f" {r.partition}" if r.partition else ""
         cells = [row["run_id"], row["size"], f"{job.params:,}", str(job.steps), _si(job.flops_per_step),
                  _si(job.total_flops), f"{job.lr:.3g}", res]
         if args.device_tflops:
@@ -97,6 +98,19 @@ def _add_plan(sub) -> None:
     p.add_argument("--device-tflops", type=float, default=None, metavar="TFLOPS",
                    help="achieved TFLOP/s per GPU, to estimate GPU-hours (e.g. 300 for bf16 on an H100 at ~40%% MFU)")
     p.set_defaults(func=cmd_plan)
+
+
+def cmd_spec_doc(args: argparse.Namespace) -> int:
+    from scaling.specdoc import render
+
+    print(render())
+    return 0
+
+
+def _add_spec_doc(sub) -> None:
+    p = sub.add_parser("spec-doc", help="print the sweep-file reference (every key, default and meaning)",
+                       description="Print the sweep-file reference in Markdown (docs/sweep-reference.md).")
+    p.set_defaults(func=cmd_spec_doc)
 
 
 # --- fit --------------------------------------------------------------------------------------------
@@ -218,7 +232,7 @@ def _add_fit(sub) -> None:
     p.set_defaults(func=cmd_fit)
 
 
-COMMANDS: list[Callable] = [_add_plan, _add_fit]
+COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_fit]
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 

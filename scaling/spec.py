@@ -11,20 +11,20 @@ from the same dataclasses by `scaling spec-doc`.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import hashlib
 import math
 import re
 import types
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import yaml
 
 from scaling.errors import SpecError
+from scaling.schema import build, convert, describe
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Names that become paths, job names or MLflow keys: letters, digits, `_ . -`, no `..`, no shell chars."""
@@ -77,7 +77,7 @@ class Weighting:
             if key not in params:
                 valid = ", ".join(params) or "none"
                 raise SpecError(f"unknown parameter {key!r} for weighting {name!r}; valid: {valid}", f"{path}.{key}")
-            params[key] = _convert(float, raw, f"{path}.{key}")
+            params[key] = convert(float, raw, f"{path}.{key}")
         return cls(name, types.MappingProxyType(params))
 
     @property
@@ -102,7 +102,8 @@ class Budget:
         if isinstance(value, int) and value > 0:
             return cls("steps", value)
         text = str(value).strip()
-        for pattern, kind in ((r"(\d+)\s*(?:steps)?", "steps"), (r"([0-9.]+)\s*xC", "xC"), (r"([0-9.eE+]+)\s*flops", "flops")):
+        forms = ((r"(\d+)\s*(?:steps)?", "steps"), (r"([0-9.]+)\s*xC", "xC"), (r"([0-9.eE+]+)\s*flops", "flops"))
+        for pattern, kind in forms:
             match = re.fullmatch(pattern, text)
             if match:
                 try:
@@ -208,7 +209,7 @@ class TrainSpec:
     """Training budget and loop settings."""
 
     budget: tuple[Budget, ...] = (Budget("steps", 1000),)
-    "One budget or a list (several budgets give N-data sweeps); see `Budget`."
+    "One budget or a list (N-data sweeps): 600 or '600steps' (steps), '2xC' (× compute-optimal tokens), '1e15flops'."
     batch_size: int = 64
     "Global batch size (split over data-parallel ranks)."
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
@@ -246,7 +247,8 @@ class DiffusionSpec:
 
 
 def _default_weightings() -> tuple[Weighting, ...]:
-    return tuple(Weighting.from_yaml(n, "evaluation.weightings") for n in ("laplace", "uniform", "min_snr", "edm", "logit_normal"))
+    names = ("laplace", "uniform", "min_snr", "edm", "logit_normal")
+    return tuple(Weighting.from_yaml(n, "evaluation.weightings") for n in names)
 
 
 @dataclass(frozen=True)
@@ -347,8 +349,8 @@ class FitSpec:
     "Laws fitted over the x axis (see `scaling.laws`)."
     x: Literal["params", "flops", "samples", "steps"] = "params"
     "The x axis of the size law."
-    holdout: tuple[str, ...] = ("XL",)
-    "Sizes held out as the target of the backtest (default: the largest, XL)."
+    holdout: tuple[str, ...] = ()
+    "Sizes held out as the target of the backtest; empty: the largest (last) size, e.g. XL."
     metric: str | None = None
     "Metric fitted (default: eval/iw/<evaluation.primary>)."
     bootstrap: int = 1000
@@ -396,115 +398,17 @@ class Spec:
     def metric(self) -> str:
         return self.fit.metric or f"eval/iw/{self.evaluation.primary}"
 
+    @property
+    def holdout(self) -> tuple[str, ...]:
+        """The sizes held out as the fit's target (`fit.holdout`, else the last size)."""
+        return self.fit.holdout or (list(self.model.sizes)[-1],)
+
     def resources_for(self, size: str, profile: Resources | None = None) -> Resources:
         """Resolved resources of a size: per-size, then `default`, then the profile, then local defaults."""
         res = self.launch.resources.get(size, Resources()).over(self.launch.resources.get("default", Resources()))
         if profile is not None:
             res = res.over(profile)
         return res.over(LOCAL_DEFAULTS)
-
-
-# --- validation -------------------------------------------------------------------------------------
-
-_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _describe(value: Any) -> str:
-    return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-
-
-def _convert(tp: Any, value: Any, path: str) -> Any:
-    """Convert a YAML value to the annotated type `tp`, or raise SpecError naming `path`."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if isinstance(tp, type) and hasattr(tp, "from_yaml"):
-        return tp.from_yaml(value, path)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        others = [a for a in args if a is not type(None)]
-        errors = []
-        for a in others:
-            try:
-                return _convert(a, value, path)
-            except SpecError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is Literal:
-        if value not in args:
-            raise SpecError(f"expected one of {', '.join(map(str, args))}, got {_describe(value)}", path)
-        return value
-    if origin in (tuple, list):
-        item = args[0] if args else Any
-        if value is None:
-            value = []
-        if not isinstance(value, list):
-            value = [value]  # a single value stands for a list of one
-        return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin in (dict, collections.abc.Mapping):
-        item = args[1] if args else Any
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise SpecError(f"expected a mapping, got {_describe(value)}", path)
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise SpecError(f"keys must be strings, got {k!r}", path)
-            out[k] = _convert(item, v, f"{path}.{k}")
-        return types.MappingProxyType(out)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SpecError(f"expected true or false, got {_describe(value)}", path)
-        return value
-    if tp is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(f"expected an integer, got {_describe(value)}", path)
-        return value
-    if tp is float:
-        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise SpecError(f"expected a number, got {value!r}", path) from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpecError(f"expected a finite number, got {_describe(value)}", path)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise SpecError(f"expected a string, got {_describe(value)}", path)
-        return value
-    raise TypeError(f"spec type {tp!r} at {path} is not supported")  # a bug in this module, not user input
-
-
-def yaml_fields(cls: type) -> list[dataclasses.Field]:
-    """The fields of a spec dataclass that a YAML file may set."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)]
-
-
-def _build(cls: type, value: Any, path: str) -> Any:
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise SpecError(f"expected a mapping with keys {', '.join(f.name for f in yaml_fields(cls))}; got {_describe(value)}", path)
-    fields = {f.name: f for f in yaml_fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, raw in value.items():
-        sub = f"{path}.{key}" if path else str(key)
-        if key not in fields:
-            raise SpecError(f"unknown key {key!r}; valid keys: {', '.join(fields)}", sub)
-        kwargs[key] = _convert(hints[key], raw, sub)
-    for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SpecError(f"missing required key {name!r}", f"{path}.{name}" if path else name)
-    return cls(**kwargs)
 
 
 def _check(spec: Spec) -> None:
@@ -546,7 +450,7 @@ def _check(spec: Spec) -> None:
     if len(set(names)) != len(names):
         raise SpecError(f"weightings repeat: {names}", "evaluation.weightings")
     if spec.evaluation.primary not in names:
-        raise SpecError(f"primary {spec.evaluation.primary!r} is not among the weightings {names}", "evaluation.primary")
+        raise SpecError(f"{spec.evaluation.primary!r} is not among the weightings {names}", "evaluation.primary")
     for key in spec.launch.resources:
         if key != "default" and key not in sizes:
             raise SpecError(f"unknown size {key!r}; valid: default, {', '.join(sizes)}", f"launch.resources.{key}")
@@ -583,14 +487,14 @@ def _read_yaml(path: Path, source: str) -> tuple[dict, bytes]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError(f"the top level must be a mapping of keys (name, model, ...), got {_describe(data)}", source=source)
+        raise SpecError(f"the top level must be a mapping (name, model, ...), got {describe(data)}", source=source)
     return data, raw
 
 
 def parse_sweep(data: dict, source: str = "<sweep>", sha256: str = "") -> Spec:
     """Validate an already-loaded mapping into a `Spec`."""
     try:
-        spec = _build(Spec, data, "")
+        spec = build(Spec, data, "")
         _check(spec)
     except SpecError as e:
         raise SpecError(str(e).split(": ", 1)[1] if e.path else str(e), e.path, source) from None
@@ -609,7 +513,7 @@ def load_sweep(path: str | Path, overrides: dict | None = None) -> Spec:
         raise SpecError("expected a list of YAML files", "include", str(path))
     for i, name in enumerate(includes):
         if not isinstance(name, str):
-            raise SpecError(f"expected a file name, got {_describe(name)}", f"include[{i}]", str(path))
+            raise SpecError(f"expected a file name, got {describe(name)}", f"include[{i}]", str(path))
         extra_path = path.parent / name
         extra, extra_raw = _read_yaml(extra_path, str(extra_path))
         extra.pop("include", None)

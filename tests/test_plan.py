@@ -1,0 +1,69 @@
+"""The planner: deterministic run ids, budgets, per-size resources and learning rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from scaling.plan import plan
+from scaling.sizes import param_count
+from scaling.spec import Resources, load_sweep, parse_sweep
+
+from .conftest import REPO, tiny_sweep_dict
+
+
+def test_replanning_gives_the_same_ids():
+    spec = load_sweep(REPO / "sweeps" / "demo.yaml")
+    first, second = plan(spec), plan(load_sweep(REPO / "sweeps" / "demo.yaml"))
+    assert [j.run_id for j in first] == [j.run_id for j in second]
+    assert first == second
+    assert [j.run_id for j in first] == [f"demo-{s}-{first[0].budget.label}-s0" for s in ("S", "M", "L", "XL")]
+
+
+def test_ids_cover_sizes_budgets_and_seeds():
+    data = tiny_sweep_dict()
+    data["train"].update(budget=[6, "2xC"], seeds=[0, 1])
+    jobs = plan(parse_sweep(data))
+    assert len(jobs) == 3 * 2 * 2
+    assert len({j.run_id for j in jobs}) == len(jobs)
+    assert "tiny-M-2xC-s1" in {j.run_id for j in jobs}
+
+
+def test_compute_budget_steps():
+    data = tiny_sweep_dict()
+    data["train"].update(budget="2xC", tokens_per_param=20, batch_size=8)
+    spec = parse_sweep(data)
+    for job in plan(spec):
+        params = param_count(spec.model.sizes[job.size], spec.model, spec.data)
+        tokens = 2 * 20 * params
+        assert job.steps == -(-tokens // (8 * job.tokens_per_sample))  # ceil
+        assert job.steps * 8 * job.tokens_per_sample >= tokens
+
+
+def test_flops_budget_is_equal_compute():
+    data = tiny_sweep_dict()
+    data["train"].update(budget="1e12flops")
+    jobs = plan(parse_sweep(data))
+    for job in jobs:
+        assert job.total_flops == pytest.approx(1e12, rel=job.flops_per_step / 1e12 + 1e-9)
+    assert jobs[0].steps > jobs[-1].steps  # the smallest size trains longest
+
+
+def test_per_size_resources_and_profile():
+    data = tiny_sweep_dict()
+    data["launch"] = {"resources": {"default": {"gpus": 1, "mem_gb": 8}, "L": {"gpus": 4, "nodes": 2}}}
+    spec = parse_sweep(data)
+    profile = Resources(partition="gpu", time_min=120, gpus=8)
+    by_size = {j.size: j.resources for j in plan(spec, profile)}
+    assert (by_size["S"].gpus, by_size["S"].nodes, by_size["S"].mem_gb) == (1, 1, 8)
+    assert (by_size["L"].gpus, by_size["L"].nodes) == (4, 2)
+    assert by_size["L"].partition == "gpu" and by_size["S"].time_min == 120  # from the profile
+
+
+def test_learning_rates_per_size_and_mup():
+    data = tiny_sweep_dict()
+    data["model"]["sizes"]["M"]["lr"] = 5e-4
+    data["train"]["optimizer"] = {"lr": 1e-3, "lr_scale": "mup", "base_width": 16}
+    lrs = {j.size: j.lr for j in plan(parse_sweep(data))}
+    assert lrs["S"] == pytest.approx(1e-3)  # width 16 = base width
+    assert lrs["M"] == pytest.approx(5e-4)  # its own lr wins
+    assert lrs["L"] == pytest.approx(1e-3 * 16 / 32)
