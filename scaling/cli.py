@@ -113,6 +113,7 @@ def _add_spec_doc(sub) -> None:
     p.set_defaults(func=cmd_spec_doc)
 
 
+<<<<<<< HEAD
 # --- report -----------------------------------------------------------------------------------------
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -148,6 +149,8 @@ def _add_report(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+=======
+>>>>>>> fit
 # --- fit --------------------------------------------------------------------------------------------
 
 def _csv(values: list[str] | None) -> tuple[str, ...]:
@@ -267,7 +270,11 @@ def _add_fit(sub) -> None:
     p.set_defaults(func=cmd_fit)
 
 
+<<<<<<< HEAD
 COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_fit, _add_report]
+=======
+COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_fit]
+>>>>>>> fit
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 

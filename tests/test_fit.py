@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fit_helpers import SIZES, TRUTH, law_value, tidy_table
 
 from scaling.cli import main
 from scaling.errors import FitError
@@ -25,6 +24,8 @@ from scaling.fit import (
 )
 from scaling.fit.core import bootstrap, fit_arrays
 from scaling.laws import LAWS, Law, Param, get_law, register
+
+from .fit_helpers import SIZES, TRUTH, law_value, tidy_table
 
 OLMO = Path(__file__).parent / "data" / "olmo-ladder" / "final_checkpoints.csv"
 FAST = FitOptions(bootstrap=60, loso_bootstrap=20)

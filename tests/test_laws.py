@@ -12,6 +12,8 @@ import pytest
 from scaling.errors import FitError
 from scaling.laws import LAWS, Law, evaluate, format_number, get_law
 
+from .conftest import REPO
+
 
 @pytest.mark.parametrize("name", sorted(LAWS))
 def test_law_declaration_is_consistent(name):
@@ -80,7 +82,7 @@ def test_fit_and_laws_import_no_training_stack():
     code = ("import sys, scaling.laws, scaling.fit, scaling.fit.partial, scaling.fit.text; "
             "bad = [m for m in ('torch', 'submitit', 'mlflow', 'ray') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    env = {**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.strip() == "[]"
