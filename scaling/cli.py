@@ -113,7 +113,6 @@ def _add_spec_doc(sub) -> None:
     p.set_defaults(func=cmd_spec_doc)
 
 
-<<<<<<< HEAD
 # --- report -----------------------------------------------------------------------------------------
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -149,8 +148,6 @@ def _add_report(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
-=======
->>>>>>> fit
 # --- fit --------------------------------------------------------------------------------------------
 
 def _csv(values: list[str] | None) -> tuple[str, ...]:
@@ -270,11 +267,7 @@ def _add_fit(sub) -> None:
     p.set_defaults(func=cmd_fit)
 
 
-<<<<<<< HEAD
 COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_fit, _add_report]
-=======
-COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_fit]
->>>>>>> fit
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 
