@@ -110,9 +110,14 @@ def drill(tmp_path_factory):
     resubmitted = launcher.resubmittable([jobs["C"]], failed_only=True)
     assert [j.size for j in resubmitted] == ["C"]
     handles["C2"] = launcher.submit(resubmitted)[0]
+    demo = out["demo"] = SlurmLauncher(load_sweep(REPO / "sweeps" / "demo.yaml", demo_overrides(tmp_path)), poll_s=1,
+                                       timeout_s=400)
+    demo_handles = demo.submit(demo.plan())  # the built-in trainer, while T is still at it
     keys = ["A", "T", "Q", "I", "C2", "D"]
     out["results"] = dict(zip(keys, launcher.wait([handles[k] for k in keys])))
     out["status"] = {s.run_id: s for s in launcher.status(list(jobs.values()))}
+    out["demo_results"] = demo.wait(demo_handles)
+    out["demo_status"] = demo.status(demo.plan())
     yield out
     mp.undo()
 
@@ -138,6 +143,28 @@ def test_sweep_as_arrays_gives_results(drill):
     assert f"{ids['A']}|COMPLETED" in sacct and f"{ids['C']}|CANCELLED by 0" in sacct
     again = launcher.submit([jobs["A"]])  # a finished job is not submitted again
     assert again[0].skipped and launcher.records.load()[jobs["A"].run_id].job_id == ids["A"]
+
+
+def demo_overrides(tmp_path: Path) -> dict:
+    """sweeps/demo.yaml with tiny steps and evaluation, on the dev cluster, stored in tmp_path."""
+    return {"train": {"budget": 4, "batch_size": 16, "eval_every": 2, "ckpt_every": 2, "log_every": 1},
+            "evaluation": {"samples": 16, "lambda_step": 2.0},
+            "launch": {"backend": "slurm", "cluster": "dev", "workdir": str(tmp_path / "demo-runs"),
+                       "resources": {"default": {"mem_gb": 1, "time_min": 10}}},
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'demo.db'}"}}
+
+
+def test_demo_sweep_with_the_built_in_trainer_gives_results(drill):
+    demo = drill["demo"]
+    jobs = demo.plan()
+    results = drill["demo_results"]
+    assert [(r.run_id, r.status, r.step) for r in results] == [(j.run_id, "FINISHED", 4) for j in jobs]
+    assert all(r.metrics["eval/iw/laplace"] > 0 for r in results)
+    records = demo.records.load()
+    assert len({records[j.run_id].job_id.split("_")[0] for j in jobs}) == 1  # one array of four sizes
+    status = drill["demo_status"]
+    assert [(s.slurm_state, s.state, s.step) for s in status] == [("completed", "FINISHED", 4)] * 4
+    assert [s.loss for s in status] == [r.metrics["eval/iw/laplace"] for r in results]
 
 
 def resumed_once_or_more(drill, size: str) -> list[tuple[int, int]]:
