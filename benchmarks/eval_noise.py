@@ -5,6 +5,7 @@
    `train.threads` threads each). Trained weights are cached under --cache, keyed by the sources and sweep.
 2. Evaluates L_iw of each model on the fixed held-out set with --seeds different evaluation noise seeds:
    the std across seeds vs the gap between the sizes (target: std <= gap / 10).
+   Also the same figures for cheaper evaluations (fewer images, coarser grid) with their overhead.
 3. The same cost spent on a random-λ Monte-Carlo estimate (each held-out image at as many random levels as
    the grid has, λ drawn from w itself or uniformly on the grid's range with weights w/p, fresh ε):
    its variance vs the grid estimate's (the variance ratio).
@@ -30,7 +31,7 @@ from scaling.data import TrainStream, heldout
 from scaling.models import build_model
 from scaling.sizes import size_info
 from scaling.spec import Spec, load_sweep
-from scaling.weightings import weight_np
+from scaling.weightings import iw_from_levels, weight_np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,28 +170,46 @@ def main() -> None:
         return
 
     a, b = sizes[0], sizes[1]
-    runs = {s: [] for s in (a, b)}
+    gnp = grid.numpy()
     t0 = time.time()
-    for k in range(args.seeds):
-        for s in (a, b):
-            runs[s].append(evaluate.importance_weighted_loss(
-                models[s], data, grid, ev.weightings, noise_seed=10_000 + k,
-                prediction=spec.diffusion.prediction, batch_size=ev.batch_size).iw)
+    pairs = {s: [evaluate.Evaluator(data, grid, ev.weightings, noise_seed=10_000 + k, batch_size=ev.batch_size,
+                                    prediction=spec.diffusion.prediction).pair_losses(models[s])
+                 for k in range(args.seeds)] for s in (a, b)}  # (K, N) per seed
     secs = (time.time() - t0) / (2 * args.seeds)
+
+    def iw_runs(s: str, w, n: int | None = None, stride: int = 1) -> np.ndarray:
+        return np.array([iw_from_levels(p[::stride, :n].mean(1), gnp[::stride], w) for p in pairs[s]])
+
     print(f"\n(a) std of L_iw over {args.seeds} evaluation noise seeds ({secs:.1f} s per evaluation) vs gap {a}-{b}:")
     print(f"  {'weighting':<14}{'gap':>10}{'std ' + a:>12}{'std ' + b:>12}{'std gap':>12}{'gap/std':>10}")
-    for lab in labels:
-        va, vb = np.array([r[lab] for r in runs[a]]), np.array([r[lab] for r in runs[b]])
-        gap = base[a].iw[lab] - base[b].iw[lab]
+    runs = {}
+    for w in ev.weightings:
+        va, vb = iw_runs(a, w), iw_runs(b, w)
+        runs[w.label] = vb
+        gap = base[a].iw[w.label] - base[b].iw[w.label]
         sd = max(va.std(ddof=1), vb.std(ddof=1))
-        print(f"  {lab:<14}{gap:>10.5f}{va.std(ddof=1):>12.2e}{vb.std(ddof=1):>12.2e}"
+        print(f"  {w.label:<14}{gap:>10.5f}{va.std(ddof=1):>12.2e}{vb.std(ddof=1):>12.2e}"
               f"{(va - vb).std(ddof=1):>12.2e}{gap / sd:>10.0f}")
+
+    prim = next(w for w in ev.weightings if w.label == ev.primary)
+    evals = max(1, steps // spec.train.eval_every)
+    train_fwd = 3 * steps * spec.train.batch_size  # forward-pass equivalents of training (backward ≈ 2 forward)
+    print(f"\n(c) cheaper evaluations ({ev.primary}; overhead = {evals} evaluations x pairs / {train_fwd} "
+          "training forward-equivalents):")
+    print(f"  {'samples':>8}{'dλ':>6}{'pairs':>8}{'overhead':>10}{'gap':>10}{'std':>10}{'gap/std':>9}")
+    for n in (ev.samples, ev.samples // 2, ev.samples // 4, ev.samples // 8):
+        for stride in (1, 2, 4):
+            va, vb = iw_runs(a, prim, n, stride), iw_runs(b, prim, n, stride)
+            gap = va.mean() - vb.mean()
+            sd = max(va.std(ddof=1), vb.std(ddof=1))
+            cost = n * len(gnp[::stride])
+            print(f"  {n:>8}{ev.lambda_step * stride:>6g}{cost:>8}{evals * cost / train_fwd:>10.1%}{gap:>10.5f}"
+                  f"{sd:>10.2e}{gap / sd:>9.0f}")
 
     print(f"\n(b) variance of a random-λ Monte-Carlo estimate of the same cost vs the grid's (model {b}):")
     print(f"  {'weighting':<14}{'grid std':>12}{'MC(λ~w) std':>14}{'ratio':>10}{'MC(λ~U) std':>14}{'ratio':>10}")
-    vb_all = {lab: np.array([r[lab] for r in runs[b]]) for lab in labels}
     for w in ev.weightings:
-        sd_grid = vb_all[w.label].std(ddof=1)
+        sd_grid = runs[w.label].std(ddof=1)
         cols = []
         for mode in ("w", "uniform"):
             _, se = mc_estimate(models[b], data, grid.numpy(), w, len(grid), 777, mode, spec.diffusion.prediction,

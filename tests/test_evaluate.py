@@ -54,6 +54,8 @@ def test_same_numbers_on_any_batch_size_and_every_call(data):
         assert np.allclose(r.per_level, results[0].per_level, rtol=1e-6, atol=0)
         for name in WEIGHTINGS:
             assert r.iw[name] == pytest.approx(results[0].iw[name], rel=1e-6, abs=0)
+    pairs = Evaluator(data, grid, WEIGHTINGS, noise_seed=3, batch_size=5).pair_losses(model)
+    assert pairs.shape == (9, 6) and np.allclose(pairs.mean(1), results[0].per_level, rtol=1e-6, atol=0)
     other = importance_weighted_loss(model, data, grid, WEIGHTINGS, noise_seed=4, batch_size=7)
     assert not np.allclose(other.per_level, results[0].per_level)
 
