@@ -253,10 +253,11 @@ class Tracker:
         return bool(runs)
 
     def open_run(self, run_id: str, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 flush_interval: float = 5.0) -> RunLog:
+                 flush_interval: float | None = None) -> RunLog:
         """Create the run of `run_id`, or resume the existing one (status back to RUNNING); log tags and params.
 
         Params already logged keep their value (MLflow params are immutable); a changed one is warned about.
+        Metrics are sent every `flush_interval` seconds (default: $SCALING_FLUSH_S, else 5).
         """
         from mlflow.entities import Param, RunTag
 
@@ -306,12 +307,12 @@ class Tracker:
 class RunLog:
     """The open run of one job: buffered, background metric logging; `finish` sets the final status."""
 
-    def __init__(self, tracker: Tracker, run_id: str, mlflow_run_id: str, flush_interval: float = 5.0):
+    def __init__(self, tracker: Tracker, run_id: str, mlflow_run_id: str, flush_interval: float | None = None):
         self.tracker = tracker
         self.run_id = run_id
         self.mlflow_run_id = mlflow_run_id
         self.url = tracker.run_url(mlflow_run_id)
-        self.flush_interval = flush_interval
+        self.flush_interval = flush_interval or float(os.environ.get("SCALING_FLUSH_S", "5"))
         self.spool_path = tracker.spool_dir / tracker.experiment / f"{run_id}.jsonl"
         self._items: deque = deque()  # Metric, or ("artifact", name, obj)
         self._cond = threading.Condition()
