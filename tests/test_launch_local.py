@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,13 +118,19 @@ def test_interrupted_jobs_resume_the_same_run_without_duplicates(tmp_path, monke
     launcher = get_launcher(spec)
     tracker = launcher.tracker
 
-    # 1. a graceful stop (SIGTERM): the job saves a checkpoint and ends KILLED
-    handles = launcher.submit([job])
+    # 1. Ctrl-C in the terminal of `scaling run` (SIGINT to its whole process group): the job saves a
+    #    checkpoint and ends KILLED, `scaling run` exits 130
+    cli = subprocess.Popen([sys.executable, "-m", "scaling.cli", "run", spec.source, "--no-fit"],
+                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first_pid = _wait_for_step(job, 3)
-    launcher.cancel([job])
-    [result] = launcher.wait(handles)
-    assert result.status == "KILLED" and result.step < 20
+    os.killpg(cli.pid, signal.SIGINT)
+    out, err = cli.communicate(timeout=120)
+    assert cli.returncode == 130, err
+    assert "run the same command again to resume" in err
     assert tracker.summaries()[job.run_id].status == "KILLED"
+    assert "stopped by SIG" in tracker.summaries()[job.run_id].reason
+    saved = sorted(int(p.stem.split("-")[1]) for p in (Path(job.workdir) / "checkpoints").glob("step-*.pt"))
+    assert saved and 3 <= saved[-1] < 20  # a checkpoint at the step where it stopped
 
     # 2. a hard kill (SIGKILL) once steps after the checkpoint at step 20 are in the store: they are lost
     #    with the process, and logged again after the resume

@@ -39,10 +39,12 @@ def train(ctx):
             ctx.log(step, {"train/loss": loss.item(), "eval/iw/laplace": loss.item() / 2,
                            "progress/samples": step * ctx.job.batch_size,
                            "progress/flops": step * ctx.job.flops_per_step})
-            if step % every == 0 or step == ctx.job.steps or ctx.should_stop():  # like the built-in trainer
+            if step % every == 0 or step == ctx.job.steps:
                 ctx.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
             (Path(ctx.job.workdir) / "progress.txt").write_text(f"{os.getpid()} {step}\n")
             time.sleep(slow)
+        if ctx.should_stop() and step % every and step < ctx.job.steps:  # stopped: save, like the built-in trainer
+            ctx.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
     finally:
         with open(Path(ctx.job.workdir) / "attempts.txt", "a") as fh:
             fh.write(f"{started} {time.time()} {os.getpid()}\n")
