@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -48,42 +49,9 @@ def attempts(job) -> list[tuple[float, float]]:
 
 
 @pytest.mark.slow
-def test_run_trains_every_job_then_a_relaunch_skips_them(tmp_path, capsys):
-    sweep = write_sweep(tmp_path)
-    assert main(["run", str(sweep)]) == 0
-    out = capsys.readouterr().out
-    spec = load_sweep(sweep)
-    jobs = plan(spec)
-    for job in jobs:
-        assert f"{job.run_id}  FINISHED  12/12" in out
-        assert len(attempts(job)) == 1
-        assert latest_log(job) is not None and latest_log(job).parent == Path(job.workdir) / "logs"
-    # never more than launch.max_parallel = 2 jobs at once
-    spans = [a for job in jobs for a in attempts(job)]
-    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 2
-    table_csv = tmp_path / "runs" / "tiny" / "table.csv"
-    assert f"table: {table_csv}" in out
-    table = export_table(spec.tracking.uri, spec.experiment)
-    assert sorted(table["run_id"].unique()) == sorted(j.run_id for j in jobs)
-    assert len(table) == 3 * 12 and set(table["status"]) == {"FINISHED"}
-    assert dict(zip(table["run_id"], table["params"])) == {j.run_id: j.params for j in jobs}
-    assert table_csv.read_text().count("\n") == 1 + 3 * 12
-
-    assert main(["status", str(sweep)]) == 0
-    status = capsys.readouterr().out.splitlines()
-    assert len(status) == 4 and all("FINISHED" in line and "12/12" in line for line in status[1:])
-    assert all("http://127.0.0.1:5000/#/experiments/" in line for line in status[1:])
-
-    started = time.monotonic()
-    assert main(["run", str(sweep), "--no-fit"]) == 0  # everything FINISHED: nothing starts
-    assert time.monotonic() - started < 20
-    assert all(len(attempts(job)) == 1 for job in jobs)
-
-
-@pytest.mark.slow
 def test_a_failed_job_does_not_stop_the_others(tmp_path, capsys):
     sweep = write_sweep(tmp_path, trainer="tests.tiny_trainer:train_fail_m", sizes=("S", "M"))
-    assert main(["run", str(sweep), "--no-fit", "--max-parallel", "1"]) == 1
+    assert main(["run", str(sweep), "--no-fit", "--max-parallel", "2"]) == 1
     out = capsys.readouterr().out
     spec = load_sweep(sweep)
     m, s = plan(spec)  # the YAML was written with sorted keys: M before S
@@ -172,19 +140,55 @@ def test_interrupted_jobs_resume_the_same_run_without_duplicates(tmp_path, monke
     assert list(table["train/loss"]) == [last[s] for s in range(1, 41)]
 
 
+def _spans(job) -> list[tuple[float, float]]:
+    """(start, end) of each attempt of a job, from submitit's files: its log's first line, its result file."""
+    spans = []
+    for out in Path(job.workdir, "logs").glob("*_log.out"):
+        first = out.read_text().splitlines()[0]  # submitit INFO (2026-11-22 01:18:07,371) - Starting ...
+        stamp = first.split("(", 1)[1].split(")", 1)[0]
+        start = time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp.split(",")[1]) / 1000
+        spans.append((start, out.with_name(out.name.replace("_log.out", "_result.pkl")).stat().st_mtime))
+    return spans
+
+
 @pytest.mark.slow
-def test_the_built_in_trainer_through_scaling_run(tmp_path, tiny_sweep, capsys):
-    for module in ("scaling.data", "scaling.diffusion", "scaling.evaluate"):
-        pytest.importorskip(module, reason="the built-in trainer needs it")
-    assert main(["run", str(tiny_sweep), "--no-fit"]) == 0
+def test_run_trains_fits_and_reports_then_a_relaunch_skips_everything(tmp_path, tiny_sweep, capsys, monkeypatch):
+    """The main job in small: `scaling run` with the built-in trainer, 3 sizes, 2 at a time."""
+    monkeypatch.chdir(tmp_path)  # fits/ and reports/ are written under the current folder
+    data = yaml.safe_load(tiny_sweep.read_text())
+    data["fit"] = {"laws": ["power"], "holdout": ["L"], "bootstrap": 20}  # 2 sizes to fit: 2-parameter laws only
+    data["launch"]["max_parallel"] = 2
+    tiny_sweep.write_text(yaml.safe_dump(data))
+    assert main(["run", str(tiny_sweep)]) == 0
+    out = capsys.readouterr().out
     spec = load_sweep(tiny_sweep)
-    table = export_table(spec.tracking.uri, spec.experiment)
     jobs = plan(spec)
+    for job in jobs:
+        assert f"{job.run_id}  FINISHED  {job.steps}/{job.steps}" in out
+        assert latest_log(job) is not None and latest_log(job).parent == Path(job.workdir) / "logs"
+    spans = [span for job in jobs for span in _spans(job)]
+    assert len(spans) == 3
+    assert max(sum(s <= t < e for s, e in spans) for t, _ in spans) <= 2  # never more than max_parallel at once
+
+    table = export_table(spec.tracking.uri, spec.experiment)
     assert sorted(table["run_id"].unique()) == sorted(j.run_id for j in jobs)
     assert set(table["status"]) == {"FINISHED"} and not table.duplicated(["run_id", "step"]).any()
+    assert dict(zip(table["run_id"], table["params"])) == {j.run_id: j.params for j in jobs}
     primary = f"eval/iw/{spec.evaluation.primary}"
     last = table.dropna(subset=[primary]).groupby("run_id")["step"].max()
     assert all(last[j.run_id] == j.steps for j in jobs)
+    table_csv = Path(spec.launch.workdir) / spec.name / "table.csv"
+    assert f"table: {table_csv}" in out and len(pd.read_csv(table_csv)) == len(table)
     client = MlflowClient(spec.tracking.uri)
     for run in client.search_runs([Tracker(spec.tracking.uri, spec.experiment).experiment_id]):
         assert "lambda_grid.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert list((tmp_path / "fits" / spec.name).glob("*.json"))  # `scaling fit` ran on the table
+    assert (tmp_path / "reports" / spec.name / "index.html").exists() and "report: " in out
+
+    assert main(["status", str(tiny_sweep)]) == 0
+    status = capsys.readouterr().out.splitlines()
+    assert len(status) == 4 and all("FINISHED" in line and f"{jobs[0].steps}/" in line for line in status[1:])
+    assert all("http://127.0.0.1:5000/#/experiments/" in line for line in status[1:])
+
+    assert main(["run", str(tiny_sweep), "--no-fit"]) == 0  # everything FINISHED: nothing starts again
+    assert all(len(_spans(job)) == 1 for job in jobs)
