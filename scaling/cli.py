@@ -147,25 +147,39 @@ def _printer(stream=sys.stderr):
     return show
 
 
+def _then(argv: list[str]) -> int:
+    """Run another subcommand (fit, report) as part of `scaling run`: its error is printed, not raised."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ScalingError as e:
+        print(f"{argv[0]}: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from scaling.launch.progress import summary_lines
     from scaling.launch.sweep import run_sweep
 
     spec = _load(args)
-    outcome = run_sweep(spec, backend=args.backend, progress=_printer(), fit=not args.no_fit)
+    outcome = run_sweep(spec, backend=args.backend, progress=_printer())
     print("\n".join(summary_lines(outcome.statuses, outcome.results)))
-    if outcome.table:
-        print(f"table: {outcome.table}")
-    for note in outcome.notes:
-        print(note)
-    return 0 if outcome.ok else 1
+    if outcome.table is None:
+        return 1
+    print(f"table: {outcome.table}")
+    failed = not outcome.ok
+    if not args.no_fit:
+        failed |= bool(_then(["fit", args.sweep, "--table", str(outcome.table)]))
+        failed |= bool(_then(["report", args.sweep, "--table", str(outcome.table)]))
+    return 1 if failed else 0
 
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="train every job of a sweep, export the table, then fit and report",
                        description="Plan, launch (finished jobs are skipped, unfinished ones resume from their "
                                    "checkpoints), wait with a progress display, export runs/<sweep>/table.csv, "
-                                   "then fit and report. Exit status 1 if a job did not finish.")
+                                   "then `scaling fit` and `scaling report` on it. Exit status 1 if a job did not "
+                                   "finish or the fit or report failed.")
     p.add_argument("sweep", help="sweep YAML file, e.g. sweeps/demo.yaml")
     p.add_argument("--backend", choices=["local", "slurm", "ray"], default=None,
                    help="where jobs run (default: launch.backend of the sweep)")

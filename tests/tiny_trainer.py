@@ -43,6 +43,8 @@ def train(ctx):
                 ctx.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
             (Path(ctx.job.workdir) / "progress.txt").write_text(f"{os.getpid()} {step}\n")
             time.sleep(slow)
+        if ctx.should_stop() and step % every and step < ctx.job.steps:  # stopped: save, like the built-in trainer
+            ctx.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
     finally:
         with open(Path(ctx.job.workdir) / "attempts.txt", "a") as fh:
             fh.write(f"{started} {time.time()} {os.getpid()}\n")
