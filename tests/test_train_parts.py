@@ -11,7 +11,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-from train_fixtures import tiny
 
 from scaling.errors import TrainError
 from scaling.spec import ScheduleSpec
@@ -19,6 +18,7 @@ from scaling.train import JobRunner, dist_env, lr_at
 from scaling.train.checkpoint import CheckpointStore, rng_state, set_rng_state
 from scaling.train.dist import first_host
 from scaling.train.signals import StopSignals
+from tests.train_fixtures import tiny
 
 
 def _state(step: int) -> dict:

@@ -24,9 +24,13 @@ def tiny_sweep(workdir: Path, **train: object) -> dict:
     }
 
 
-def tiny(workdir: Path, tracking_uri: str | None = None, **train: object) -> tuple[Spec, Job]:
+def tiny(workdir: Path, tracking_uri: str | None = None, trainer: str | None = None,
+         **train: object) -> tuple[Spec, Job]:
+    """The tiny sweep's spec and its one job; `trainer` names your own `module:function`."""
     data = tiny_sweep(workdir, **train)
     if tracking_uri:
         data["tracking"] = {"uri": tracking_uri}
+    if trainer:
+        data["trainer"] = trainer
     spec = parse_sweep(data)
     return spec, plan(spec)[0]
