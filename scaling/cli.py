@@ -113,7 +113,130 @@ def _add_spec_doc(sub) -> None:
     p.set_defaults(func=cmd_spec_doc)
 
 
-COMMANDS: list[Callable] = [_add_plan, _add_spec_doc]
+# --- run / status / export ----------------------------------------------------------------------------
+
+def _load(args: argparse.Namespace):
+    from scaling.spec import load_sweep
+
+    overrides = {"launch": {"max_parallel": args.max_parallel}} if getattr(args, "max_parallel", None) else None
+    return load_sweep(args.sweep, overrides)
+
+
+def _printer(stream=sys.stderr):
+    """Progress callback: redraws in place on a terminal, else prints when something changed (<= every 30 s)."""
+    from scaling.launch.progress import ProgressView
+
+    view, state = ProgressView(), {"drawn": 0, "last": "", "at": 0.0}
+
+    def show(statuses) -> None:
+        import time
+
+        lines = view.lines(statuses)
+        if stream.isatty():
+            stream.write(f"\x1b[{state['drawn']}F\x1b[J" if state["drawn"] else "")
+            stream.write("\n".join(lines) + "\n")
+            state["drawn"] = len(lines)
+        else:
+            key = "\n".join(line.rsplit("ETA", 1)[0] for line in lines)
+            if key != state["last"] and time.monotonic() - state["at"] >= 30 or lines[0].startswith(
+                    f"{len(statuses)}/{len(statuses)}"):
+                stream.write("\n".join(lines) + "\n")
+                state["last"], state["at"] = key, time.monotonic()
+        stream.flush()
+
+    return show
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from scaling.launch.progress import summary_lines
+    from scaling.launch.sweep import run_sweep
+
+    spec = _load(args)
+    outcome = run_sweep(spec, backend=args.backend, progress=_printer(), fit=not args.no_fit)
+    print("\n".join(summary_lines(outcome.statuses, outcome.results)))
+    if outcome.table:
+        print(f"table: {outcome.table}")
+    for note in outcome.notes:
+        print(note)
+    return 0 if outcome.ok else 1
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="train every job of a sweep, export the table, then fit and report",
+                       description="Plan, launch (finished jobs are skipped, unfinished ones resume from their "
+                                   "checkpoints), wait with a progress display, export runs/<sweep>/table.csv, "
+                                   "then fit and report. Exit status 1 if a job did not finish.")
+    p.add_argument("sweep", help="sweep YAML file, e.g. sweeps/demo.yaml")
+    p.add_argument("--backend", choices=["local", "slurm", "ray"], default=None,
+                   help="where jobs run (default: launch.backend of the sweep)")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="local backend: jobs at once (default: launch.max_parallel)")
+    p.add_argument("--no-fit", action="store_true", help="stop after exporting the table")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from scaling.launch.progress import status_lines
+    from scaling.launch.sweep import sweep_status
+
+    print("\n".join(status_lines(sweep_status(_load(args), backend=args.backend))))
+    return 0
+
+
+def _add_status(sub) -> None:
+    p = sub.add_parser("status", help="one line per job: state, step, latest L_iw, MLflow run link",
+                       description="Show each job of a sweep: state, step, latest importance-weighted loss, "
+                                   "MLflow run link and log folder. Starts nothing.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--backend", choices=["local", "slurm", "ray"], default=None,
+                   help="backend to ask about queued jobs (default: launch.backend of the sweep)")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from scaling.errors import SpecError
+    from scaling.export import write_table
+    from scaling.track import export_table
+
+    if args.sweep:
+        spec = _load(args)
+        uri, experiment = args.uri or spec.tracking.uri, args.experiment or spec.experiment
+        from scaling.launch.sweep import table_path
+
+        out = args.output or table_path(spec)
+    elif args.experiment:
+        uri, experiment, out = args.uri, args.experiment, args.output or f"{args.experiment}.csv"
+    else:
+        raise SpecError("give a sweep file, or --experiment NAME (and --uri URI for a store other than ./mlflow.db)")
+    table = export_table(uri, experiment, metrics=args.metric or None, size_col=args.size_col,
+                         params_col=args.params_col, step_col=args.step_col)
+    path = write_table(table, out)
+    print(f"{len(table)} rows, {table['run_id'].nunique()} runs, {len(table.columns)} columns -> {path}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="logged runs -> a tidy table (CSV, or Parquet for a .parquet name)",
+                       description="Write one row per (run, step) with run_id, sweep, size, params, budget, seed, "
+                                   "status, step, samples, flops and one column per metric. Re-logged steps "
+                                   "(after a resume) keep their last value.")
+    p.add_argument("sweep", nargs="?", help="sweep YAML file (its store and experiment)")
+    p.add_argument("--experiment", help="MLflow experiment to export (instead of a sweep's)")
+    p.add_argument("--uri", help="MLflow tracking URI (default: the sweep's, else sqlite:///./mlflow.db)")
+    p.add_argument("--size-col", default="scaling.size", metavar="NAME",
+                   help="tag, param or metric holding the size name (default: scaling.size)")
+    p.add_argument("--params-col", default="job.params", metavar="NAME",
+                   help="tag, param or metric holding the parameter count (default: job.params)")
+    p.add_argument("--step-col", default=None, metavar="NAME",
+                   help="metric whose value is the step (default: MLflow's step)")
+    p.add_argument("--metric", action="append", metavar="NAME",
+                   help="metric to export (repeatable; default: all)")
+    p.add_argument("-o", "--output", default=None, metavar="PATH",
+                   help="output file (default: runs/<sweep>/table.csv, or <experiment>.csv)")
+    p.set_defaults(func=cmd_export)
+
+
+COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_run, _add_status, _add_export]
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 

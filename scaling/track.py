@@ -238,7 +238,7 @@ class Tracker:
         return out
 
     def open_run(self, run_id: str, tags: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
-                 flush_interval: float = 2.0) -> RunLog:
+                 flush_interval: float = 5.0) -> RunLog:
         """Create the run of `run_id`, or resume the existing one (status back to RUNNING); log tags and params.
 
         Params already logged keep their value (MLflow params are immutable); a changed one is warned about.
@@ -291,7 +291,7 @@ class Tracker:
 class RunLog:
     """The open run of one job: buffered, background metric logging; `finish` sets the final status."""
 
-    def __init__(self, tracker: Tracker, run_id: str, mlflow_run_id: str, flush_interval: float = 2.0):
+    def __init__(self, tracker: Tracker, run_id: str, mlflow_run_id: str, flush_interval: float = 5.0):
         self.tracker = tracker
         self.run_id = run_id
         self.mlflow_run_id = mlflow_run_id
@@ -327,8 +327,9 @@ class RunLog:
         with self._cond:
             if self._closing:
                 raise TrackError(f"run {self.run_id} is finished; open it again to log more")
+            was_empty = not self._items
             self._items.extend(batch)
-            if len(self._items) >= MAX_BATCH:
+            if was_empty or len(self._items) >= MAX_BATCH:  # wake the sender: a timer starts, or a batch is full
                 self._cond.notify_all()
 
     def log_json_artifact(self, name: str, obj: Any) -> None:

@@ -247,3 +247,15 @@ def test_server_outage_loses_no_metric(tmp_path):
         assert set(table["status"]) == {"FINISHED"}
     finally:
         server.stop()
+
+
+def test_metrics_reach_the_store_while_the_job_runs(uri):
+    tracker = Tracker(uri, "exp")
+    run = tracker.open_run("live", flush_interval=0.5)
+    run.log(3, {"train/loss": 1.5})
+    deadline = time.monotonic() + 20
+    while tracker.summaries()["live"].step != 3:  # no flush: the background sender sends it on its own
+        assert time.monotonic() < deadline, "a logged metric did not reach the store within 20 s"
+        time.sleep(0.2)
+    assert run.pending == 0
+    run.finish()

@@ -210,3 +210,12 @@ def test_mlflow_run_is_killed_then_resumed_and_finished(tmp_path, monkeypatch):
     assert {m.step for m in client.get_metric_history(run.info.run_id, "progress/flops")} >= {100}
     grid = json.loads(Path(client.download_artifacts(run.info.run_id, "lambda_grid.json", str(tmp_path))).read_text())
     assert grid == {"lambda": [-10.0 + 2.0 * k for k in range(11)]}
+
+
+def test_bf16_autocast_path_runs_on_cpu(tmp_path, caplog):
+    """precision: bf16 (what `auto` picks on CUDA) trains through torch.autocast; compile is ignored on CPU."""
+    spec, job = tiny(tmp_path, precision="bf16", compile=True, budget=4, eval_every=4)
+    with caplog.at_level("INFO"):
+        result = JobRunner(spec, job, track=False)()
+    assert result.status == "FINISHED" and 0 < result.metrics["train/loss"] < 10
+    assert "compile is ignored on CPU" in caplog.text and "bf16 autocast on CPU is slow" in caplog.text

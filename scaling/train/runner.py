@@ -218,10 +218,10 @@ class JobRunner:
             raise
         if result.status == "KILLED":
             self.runlog.finish("KILLED", result.reason)
-        else:
+        else:  # the run is marked first: a crash in between leaves no result.json, and a relaunch re-marks it
+            self.runlog.finish("FINISHED")
             if env.is_main:
                 atomic_write_bytes(self.result_path, result.to_json().encode())
-            self.runlog.finish("FINISHED")
         log.info("%s %s at step %d after %.1f s", self.job.run_id, result.status, result.step, time.time() - started)
         return result
 
