@@ -1,0 +1,452 @@
+"""The `ray` backend: a sweep's jobs as Ray tasks on a Ray cluster, or on a Ray started for the sweep.
+
+Where: `launch.ray_address`, else `RAY_ADDRESS`, else a local Ray started with
+`launch.max_parallel × (the largest job's CPUs)` CPUs and shut down when the sweep ends (its `raylet`,
+`gcs_server` and workers are checked to be gone). A process that is already connected to Ray keeps its
+connection and Ray is left running.
+
+Each job is one Ray task (`num_cpus`, `num_gpus`, `memory` from `spec.resources_for(size)`) that runs
+`JobRunner(spec, job)()`; a job with several ranks (`nodes × tasks_per_node > 1`) is a placement group
+of one actor per rank with `RANK`/`WORLD_SIZE`/`LOCAL_RANK`/`MASTER_ADDR`/`MASTER_PORT` set, rank 0's
+node as the rendezvous. A job that raises (other than a `ScalingError`, which the same input would raise
+again) or whose worker dies is started again up to `launch.max_requeues` times; `JobRunner` resumes it
+from its latest checkpoint and the same MLflow run. Each attempt's output goes to
+`<workdir>/logs/ray-attempt-<n>.log`. A job that still fails ends FAILED in MLflow with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from scaling.errors import LaunchError, ScalingError
+from scaling.launch.base import Handle, JobStatus, Launcher, ProgressFn, log_dir
+from scaling.plan import Job
+from scaling.spec import Resources, Spec
+
+log = logging.getLogger(__name__)
+
+RAY_PROCESSES = ("raylet", "gcs_server")
+"Names of the Ray daemons that a local Ray starts (and `ray_session` checks are gone after)."
+
+
+_REMOTE: dict[str, Any] = {}
+
+
+def _remote(obj: Any) -> Any:
+    """`ray.remote(obj)`, made once per process."""
+    if obj.__qualname__ not in _REMOTE:
+        _REMOTE[obj.__qualname__] = _ray().remote(obj)
+    return _REMOTE[obj.__qualname__]
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ModuleNotFoundError as e:
+        raise LaunchError("the ray backend and `scaling tune` need Ray: pip install 'scaling[ray]'") from e
+    return ray
+
+
+def address_of(spec: Spec) -> str | None:
+    """The Ray cluster of a sweep: `launch.ray_address`, else `RAY_ADDRESS`, else None (start a local Ray)."""
+    return spec.launch.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+def ranks(res: Resources) -> int:
+    """Processes of one job: nodes × tasks per node (default: one per GPU, or 1)."""
+    return (res.nodes or 1) * (res.tasks_per_node or max(res.gpus or 0, 1))
+
+
+def gpus_per_process(res: Resources) -> float:
+    """GPUs of each of a job's processes."""
+    return (res.gpus or 0) / (res.tasks_per_node or max(res.gpus or 0, 1))
+
+
+def local_cpus(spec: Spec, jobs: Sequence[Job]) -> int:
+    """CPUs of a local Ray for these jobs: `max_parallel` jobs of the largest CPU need at once."""
+    need = max((j.resources.cpus or 1) * ranks(j.resources) for j in jobs) if jobs else 1
+    return max(need, spec.launch.max_parallel * need)
+
+
+def children(pid: int) -> list[tuple[int, str]]:
+    """(pid, name) of every descendant of process `pid` (Linux /proc; [] where there is none)."""
+    parents: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if rest[0] == "Z":  # a zombie has exited already
+            continue
+        names[int(entry.name)] = name
+        parents.setdefault(int(rest[1]), []).append(int(entry.name))
+    out, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append((child, names[child]))
+        todo.extend(parents.get(child, []))
+    return out
+
+
+def _stop_leftovers(pids: list[tuple[int, str]], timeout: float = 15.0) -> list[tuple[int, str]]:
+    """Wait for the processes `pids` to exit; kill those left after `timeout` s. Returns the killed ones."""
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        current = set(children(os.getpid()))
+        alive = [p for p in alive if p in current]
+    for pid, _ in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[str]:
+    """Connect this process to Ray for the duration of the block; yield how: existing, cluster or local.
+
+    existing: already connected (left as it is); cluster: `address` (disconnected after); local: a Ray
+    started here with `num_cpus` CPUs, shut down after, with no Ray process left behind."""
+    ray = _ray()
+    if ray.is_initialized():
+        yield "existing"
+        return
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, AuthenticationError, ValueError...
+            auth = "token" in str(e).lower() or "authenticat" in str(e).lower()
+            hint = ("the cluster wants a token: export RAY_AUTH_MODE=token before starting, with the cluster's "
+                    "token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN" if auth else
+                    "check launch.ray_address / RAY_ADDRESS (host:port of the head's GCS, or ray://host:10001)")
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise LaunchError(f"cannot connect to the Ray cluster at {address}: {first}; {hint}") from e
+        how = "cluster"
+    else:
+        before = set(children(os.getpid()))
+        ray.init(address="local", num_cpus=num_cpus, **quiet)
+        started = [p for p in children(os.getpid()) if p not in before]
+        how = "local"
+        log.info("started a local Ray with %s CPUs (%d processes)", num_cpus, len(started))
+    try:
+        yield how
+    finally:
+        ray.shutdown()
+        if how == "local":
+            killed = _stop_leftovers(started)
+            if killed:
+                names = ", ".join(f"{n}[{p}]" for p, n in killed)
+                log.warning("Ray left %s running after shutdown; killed them", names)
+
+
+# --- what runs on the workers ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _attempt_log(path: Path) -> Iterator[None]:
+    """Send this process's stdout/stderr (file descriptors too) and `scaling` logs to `path` meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("scaling")
+    level, propagate = logger.level, logger.propagate
+    with open(path, "ab") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+            handler.close()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def run_job(spec: Spec, job: Job, attempt: int, env: dict[str, str] | None = None) -> Any:
+    """One attempt at a job on a Ray worker: `JobRunner(spec, job)()` with this rank's environment.
+
+    A `ScalingError` (bad input, NaN loss) becomes a FAILED result, which is not retried; anything else
+    propagates and the launcher tries again."""
+    from scaling.train import JobResult, JobRunner
+
+    env = env or {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    name = f"ray-attempt-{attempt}" + (f"-rank{env['RANK']}" if env.get("WORLD_SIZE", "1") != "1" else "")
+    path = log_dir(job) / f"{name}.log"
+    with _environ(env), _attempt_log(path):
+        log.info("%s: attempt %d on %s (pid %d)", job.run_id, attempt, socket.gethostname(), os.getpid())
+        try:
+            return JobRunner(spec, job)()
+        except ScalingError as e:
+            return JobResult(job.run_id, "FAILED", 0, {}, f"{e} (log: {path})")
+
+
+class _Rank:
+    """One rank of a multi-process job (a Ray actor in the job's placement group)."""
+
+    def where(self) -> tuple[str, int]:
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def run(self, spec: Spec, job: Job, attempt: int, env: dict[str, str]) -> Any:
+        return run_job(spec, job, attempt, env)
+
+
+# --- the driver side --------------------------------------------------------------------------------
+
+@dataclass
+class _Attempt:
+    """A job's current attempt: one task, or a placement group of rank actors."""
+
+    job: Job
+    number: int
+    refs: list = field(default_factory=list)
+    "rank 0's result first."
+    group: Any = None
+    actors: list = field(default_factory=list)
+
+
+class RayLauncher(Launcher):
+    """Runs jobs as Ray tasks (see the module docstring). `address` overrides the sweep's and RAY_ADDRESS."""
+
+    name = "ray"
+
+    def __init__(self, spec: Spec, address: str | None = None, num_cpus: int | None = None):
+        super().__init__(spec)
+        self.address = address or address_of(spec)
+        self.num_cpus = num_cpus
+        self.max_retries = spec.launch.max_requeues
+        self._session: contextlib.ExitStack | None = None
+        self._attempts: dict[str, _Attempt] = {}
+
+    def connect(self, jobs: Sequence[Job]) -> str:
+        """Join (or start) Ray for this launcher; `close()` ends it."""
+        if self._session is None:
+            stack = contextlib.ExitStack()
+            how = stack.enter_context(ray_session(self.address, self.num_cpus or local_cpus(self.spec, jobs)))
+            self._session, self.how = stack, how
+            self._check_fits(jobs)
+        return self.how
+
+    def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.close()
+
+    def _check_fits(self, jobs: Sequence[Job]) -> None:
+        ray = _ray()
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        for job in jobs:
+            res = job.resources
+            need = {"CPU": res.cpus or 1, "GPU": gpus_per_process(res)}
+            if not any(all(n.get(k, 0) >= v for k, v in need.items() if v) for n in nodes):
+                have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
+                message = (f"{job.run_id} needs {need['CPU']} CPUs and {need['GPU']:g} GPUs per process; no Ray "
+                           f"node has that ({have}): lower launch.resources.{job.size}")
+                if self.how == "local":
+                    raise LaunchError(message)
+                log.warning("%s (an autoscaling cluster may add such a node)", message)
+
+    def submit(self, jobs: Sequence[Job]) -> list[Handle]:
+        done = self.finished(jobs)
+        todo = [j for j in jobs if j.run_id not in done]
+        handles = []
+        if todo:
+            self.connect(todo)
+        for job in jobs:
+            if job.run_id in done:
+                log.info("%s is FINISHED: skipped", job.run_id)
+                handles.append(Handle(job, "", log_dir(job), skipped=True))
+                continue
+            attempt = self._start(job, 1)
+            handles.append(Handle(job, attempt.refs[0].hex(), log_dir(job), native=attempt))
+        return handles
+
+    def _start(self, job: Job, number: int) -> _Attempt:
+        ray = _ray()
+        res = job.resources
+        world = ranks(res)
+        gpus = gpus_per_process(res)
+        opts: dict[str, Any] = {"num_cpus": res.cpus or 1, "num_gpus": gpus, "max_retries": 0, "name": job.run_id}
+        if res.mem_gb:
+            opts["memory"] = int(res.mem_gb * 2**30 / world)
+        attempt = _Attempt(job, number)
+        if world == 1:
+            attempt.refs = [_remote(run_job).options(**opts).remote(self.spec, job, number)]
+        else:
+            from ray.util.placement_group import placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+            bundle = {"CPU": opts["num_cpus"], **({"GPU": gpus} if gpus else {}),
+                      **({"memory": opts["memory"]} if "memory" in opts else {})}
+            attempt.group = placement_group([bundle] * world, strategy="PACK", name=job.run_id)
+            actor = _remote(_Rank).options(num_cpus=opts["num_cpus"], num_gpus=gpus, max_restarts=0)
+            attempt.actors = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
+                attempt.group, placement_group_bundle_index=i)).remote() for i in range(world)]
+            addr, port = ray.get(attempt.actors[0].where.remote())
+            nodes = ray.get([a.node.remote() for a in attempt.actors])
+            for rank, actor in enumerate(attempt.actors):
+                env = {"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
+                       "LOCAL_RANK": str(nodes[:rank].count(nodes[rank]))}
+                attempt.refs.append(actor.run.remote(self.spec, job, number, env))
+        self._attempts[job.run_id] = attempt
+        log.info("%s: attempt %d started (%d process%s)", job.run_id, number, world, "es" if world > 1 else "")
+        return attempt
+
+    def _end(self, attempt: _Attempt) -> None:
+        ray = _ray()
+        for actor in attempt.actors:
+            ray.kill(actor)
+        if attempt.group is not None:
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(attempt.group)
+
+    def wait(self, handles: Sequence[Handle], progress: ProgressFn | None = None) -> list:
+        from scaling.train import JobResult
+
+        results: dict[str, Any] = {}
+        for h in handles:
+            if h.skipped:
+                s = self.summaries().get(h.job.run_id)
+                results[h.job.run_id] = JobResult(h.job.run_id, "FINISHED", s.step or h.job.steps if s else h.job.steps,
+                                                  dict(s.metrics) if s else {}, "finished before")
+        pending = {h.job.run_id: self._attempts[h.job.run_id] for h in handles if not h.skipped}
+        ray = _ray()
+        last = 0.0
+        try:
+            while pending:
+                refs = [ref for a in pending.values() for ref in a.refs]
+                ready, _ = ray.wait(refs, num_returns=1, timeout=2.0)
+                for run_id, attempt in list(pending.items()):
+                    if not any(r in ready for r in attempt.refs):
+                        continue
+                    outcome = self._collect(attempt)
+                    if outcome is None:  # not all ranks done yet
+                        continue
+                    del pending[run_id]
+                    if isinstance(outcome, BaseException):
+                        if attempt.number <= self.max_retries:
+                            log.warning("%s attempt %d failed (%s); starting attempt %d, which resumes from the "
+                                        "latest checkpoint", run_id, attempt.number, _first_line(outcome),
+                                        attempt.number + 1)
+                            pending[run_id] = self._start(attempt.job, attempt.number + 1)
+                            continue
+                        outcome = self._failed(attempt, outcome)
+                    results[run_id] = outcome
+                    log.info("%s %s at step %d", run_id, outcome.status, outcome.step)
+                if progress and time.monotonic() - last > 5:
+                    last = time.monotonic()
+                    progress(self.status([h.job for h in handles]))
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping %d jobs (each saves a checkpoint; relaunching resumes)", len(pending))
+            self.cancel([a.job for a in pending.values()])
+            refs = [ref for a in pending.values() for ref in a.refs]
+            ray.wait(refs, num_returns=len(refs), timeout=60)
+            raise
+        finally:
+            self.close()
+        return [results[h.job.run_id] for h in handles]
+
+    def _collect(self, attempt: _Attempt) -> Any:
+        """The attempt's JobResult, its exception, or None while some rank still runs."""
+        ray = _ray()
+        ready, rest = ray.wait(attempt.refs, num_returns=len(attempt.refs), timeout=0)
+        outcomes = []
+        for ref in ready:
+            try:
+                outcomes.append(ray.get(ref))
+            except Exception as e:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, RayActorError...
+                outcomes.append(e)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        failed = [o for o in outcomes if getattr(o, "status", None) == "FAILED"]
+        if rest and not errors and not failed:
+            return None
+        self._end(attempt)  # a failed rank takes the others down with it
+        if errors or failed:
+            return (errors or failed)[0]
+        return ray.get(attempt.refs[0])
+
+    def _failed(self, attempt: _Attempt, error: BaseException) -> Any:
+        """A FAILED result for an attempt that raised or died; its MLflow run ends FAILED with the reason."""
+        from scaling.train import JobResult
+
+        job = attempt.job
+        path = log_dir(job) / f"ray-attempt-{attempt.number}.log"
+        reason = f"{_first_line(error)} after {attempt.number} attempts (log: {path})"
+        s = self.summaries().get(job.run_id)
+        if s is not None and s.status == "RUNNING":  # the worker died before JobRunner could say so
+            self.tracker.client.set_tag(s.mlflow_run_id, "scaling.reason", reason[:5000])
+            self.tracker.client.set_terminated(s.mlflow_run_id, status="FAILED")
+        log.error("%s FAILED: %s", job.run_id, reason)
+        return JobResult(job.run_id, "FAILED", (s.step or 0) if s else 0, dict(s.metrics) if s else {}, reason)
+
+    def status(self, jobs: Sequence[Job], summaries: dict | None = None) -> list[JobStatus]:
+        out = super().status(jobs, summaries)
+        return [replace(s, state="PENDING", backend_id=self._attempts[s.run_id].refs[0].hex())
+                if s.state == "UNKNOWN" and s.run_id in self._attempts else s for s in out]
+
+    def cancel(self, jobs: Sequence[Job]) -> None:
+        """Stop these jobs gracefully (SIGINT: a checkpoint, then KILLED). Only jobs started by this process."""
+        ray = _ray()
+        others = [j.run_id for j in jobs if j.run_id not in self._attempts]
+        if others:
+            raise LaunchError(f"{', '.join(others)} were not started by this process: stop the `scaling run` that "
+                              "started them (Ctrl-C: its jobs save a checkpoint and end KILLED; relaunching resumes)")
+        for job in jobs:
+            for ref in self._attempts[job.run_id].refs:
+                ray.cancel(ref, force=False)
+
+
+def _first_line(error: BaseException) -> str:
+    cause = getattr(error, "cause", None)
+    text = f"{type(cause).__name__}: {cause}" if cause is not None else f"{type(error).__name__}: {error}"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[0][:500] if lines else type(error).__name__
