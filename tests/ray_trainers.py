@@ -36,19 +36,22 @@ def sgd_loss(lr: float, steps: int, every: int, seed: int = 0) -> list[tuple[int
     return out
 
 
-def sgd(ctx: TrainContext) -> None:
-    """Log `sgd_loss` as the primary L_iw at each evaluation step; fails once if SCALING_TEST_FAIL_ONCE names a
-    folder (the first trial to claim it raises after its first evaluation)."""
+def sgd(ctx: TrainContext, fail_once: bool = False) -> None:
+    """Log `sgd_loss` as the primary L_iw at each evaluation step, checkpointing each time."""
     metric = f"eval/iw/{ctx.spec.evaluation.primary}"
-    claim = os.environ.get("SCALING_TEST_FAIL_ONCE")
     start = ctx.resume_state["step"] if ctx.resume_state else 0
     for step, value in sgd_loss(ctx.job.lr, ctx.job.steps, ctx.spec.train.eval_every, ctx.job.seed):
         if step <= start:
             continue
         ctx.log(step, {metric: value, "train/lr": ctx.job.lr})
         ctx.save({"step": step})
-        if claim and _claim(Path(claim) / "failed"):
-            raise RuntimeError("failing once on purpose")
+        if fail_once and _claim(Path(ctx.spec.launch.workdir) / "failed-once"):
+            raise RuntimeError(f"{ctx.run_id}: failing once on purpose at step {step}")
+
+
+def sgd_fail_once(ctx: TrainContext) -> None:
+    """`sgd`, but the first run of the sweep's workdir to get here raises after its first evaluation."""
+    sgd(ctx, fail_once=True)
 
 
 def _claim(path: Path) -> bool:
@@ -93,6 +96,20 @@ def broken(ctx: TrainContext) -> None:
     raise RuntimeError(f"broken: fails at step {start + 1}")
 
 
+def ranked(ctx: TrainContext) -> None:
+    """`steady` on every rank of a data-parallel job, after logging the all-reduced sums of the ranks and of the
+    local ranks (+1 each) as `dist/rank_sum`, `dist/local_rank_sum`, and the world size."""
+    import torch
+    import torch.distributed as dist
+
+    sums = torch.tensor([ctx.dist.rank + 1.0, ctx.dist.local_rank + 1.0])
+    if ctx.dist.distributed:
+        dist.all_reduce(sums)
+    ctx.log(0, {"dist/world_size": ctx.dist.world_size, "dist/rank_sum": sums[0].item(),
+                "dist/local_rank_sum": sums[1].item()})
+    steady(ctx)
+
+
 def by_size(ctx: TrainContext) -> None:
-    """S: steady, M: flaky, L: crashy, anything else: broken."""
-    {"S": steady, "M": flaky, "L": crashy}.get(ctx.job.size, broken)(ctx)
+    """S: ranked, M: flaky, L: crashy, anything else: broken."""
+    {"S": ranked, "M": flaky, "L": crashy}.get(ctx.job.size, broken)(ctx)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -30,37 +29,11 @@ from typing import Any
 
 from scaling.errors import LaunchError, ScalingError
 from scaling.launch.base import Handle, JobStatus, Launcher, ProgressFn, log_dir
+from scaling.launch.ray_session import address_of, import_ray, ray_session, remote
 from scaling.plan import Job
 from scaling.spec import Resources, Spec
 
 log = logging.getLogger(__name__)
-
-RAY_PROCESSES = ("raylet", "gcs_server")
-"Names of the Ray daemons that a local Ray starts (and `ray_session` checks are gone after)."
-
-
-_REMOTE: dict[str, Any] = {}
-
-
-def _remote(obj: Any) -> Any:
-    """`ray.remote(obj)`, made once per process."""
-    if obj.__qualname__ not in _REMOTE:
-        _REMOTE[obj.__qualname__] = _ray().remote(obj)
-    return _REMOTE[obj.__qualname__]
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ModuleNotFoundError as e:
-        raise LaunchError("the ray backend and `scaling tune` need Ray: pip install 'scaling[ray]'") from e
-    return ray
-
-
-def address_of(spec: Spec) -> str | None:
-    """The Ray cluster of a sweep: `launch.ray_address`, else `RAY_ADDRESS`, else None (start a local Ray)."""
-    return spec.launch.ray_address or os.environ.get("RAY_ADDRESS") or None
-
 
 def ranks(res: Resources) -> int:
     """Processes of one job: nodes × tasks per node (default: one per GPU, or 1)."""
@@ -76,81 +49,6 @@ def local_cpus(spec: Spec, jobs: Sequence[Job]) -> int:
     """CPUs of a local Ray for these jobs: `max_parallel` jobs of the largest CPU need at once."""
     need = max((j.resources.cpus or 1) * ranks(j.resources) for j in jobs) if jobs else 1
     return max(need, spec.launch.max_parallel * need)
-
-
-def children(pid: int) -> list[tuple[int, str]]:
-    """(pid, name) of every descendant of process `pid` (Linux /proc; [] where there is none)."""
-    parents: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if rest[0] == "Z":  # a zombie has exited already
-            continue
-        names[int(entry.name)] = name
-        parents.setdefault(int(rest[1]), []).append(int(entry.name))
-    out, todo = [], list(parents.get(pid, []))
-    while todo:
-        child = todo.pop()
-        out.append((child, names[child]))
-        todo.extend(parents.get(child, []))
-    return out
-
-
-def _stop_leftovers(pids: list[tuple[int, str]], timeout: float = 15.0) -> list[tuple[int, str]]:
-    """Wait for the processes `pids` to exit; kill those left after `timeout` s. Returns the killed ones."""
-    deadline = time.monotonic() + timeout
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        current = set(children(os.getpid()))
-        alive = [p for p in alive if p in current]
-    for pid, _ in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return alive
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[str]:
-    """Connect this process to Ray for the duration of the block; yield how: existing, cluster or local.
-
-    existing: already connected (left as it is); cluster: `address` (disconnected after); local: a Ray
-    started here with `num_cpus` CPUs, shut down after, with no Ray process left behind."""
-    ray = _ray()
-    if ray.is_initialized():
-        yield "existing"
-        return
-    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address:
-        try:
-            ray.init(address=address, **quiet)
-        except Exception as e:  # noqa: BLE001 - ray raises ConnectionError, AuthenticationError, ValueError...
-            auth = "token" in str(e).lower() or "authenticat" in str(e).lower()
-            hint = ("the cluster wants a token: export RAY_AUTH_MODE=token before starting, with the cluster's "
-                    "token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN" if auth else
-                    "check launch.ray_address / RAY_ADDRESS (host:port of the head's GCS, or ray://host:10001)")
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise LaunchError(f"cannot connect to the Ray cluster at {address}: {first}; {hint}") from e
-        how = "cluster"
-    else:
-        before = set(children(os.getpid()))
-        ray.init(address="local", num_cpus=num_cpus, **quiet)
-        started = [p for p in children(os.getpid()) if p not in before]
-        how = "local"
-        log.info("started a local Ray with %s CPUs (%d processes)", num_cpus, len(started))
-    try:
-        yield how
-    finally:
-        ray.shutdown()
-        if how == "local":
-            killed = _stop_leftovers(started)
-            if killed:
-                names = ", ".join(f"{n}[{p}]" for p, n in killed)
-                log.warning("Ray left %s running after shutdown; killed them", names)
 
 
 # --- what runs on the workers ------------------------------------------------------------------------
@@ -248,9 +146,15 @@ class _Attempt:
     job: Job
     number: int
     refs: list = field(default_factory=list)
-    "rank 0's result first."
+    "The results, rank 0's first (for a rank group: once its actors are placed)."
     group: Any = None
     actors: list = field(default_factory=list)
+    setup: list = field(default_factory=list)
+    "A rank group's placement: rank 0's (address, port), then each rank's node."
+
+    @property
+    def backend_id(self) -> str:
+        return self.group.id.hex() if self.group is not None else self.refs[0].hex()
 
 
 class RayLauncher(Launcher):
@@ -281,7 +185,7 @@ class RayLauncher(Launcher):
             session.close()
 
     def _check_fits(self, jobs: Sequence[Job]) -> None:
-        ray = _ray()
+        ray = import_ray()
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         for job in jobs:
             res = job.resources
@@ -306,11 +210,10 @@ class RayLauncher(Launcher):
                 handles.append(Handle(job, "", log_dir(job), skipped=True))
                 continue
             attempt = self._start(job, 1)
-            handles.append(Handle(job, attempt.refs[0].hex(), log_dir(job), native=attempt))
+            handles.append(Handle(job, attempt.backend_id, log_dir(job), native=attempt))
         return handles
 
     def _start(self, job: Job, number: int) -> _Attempt:
-        ray = _ray()
         res = job.resources
         world = ranks(res)
         gpus = gpus_per_process(res)
@@ -319,7 +222,7 @@ class RayLauncher(Launcher):
             opts["memory"] = int(res.mem_gb * 2**30 / world)
         attempt = _Attempt(job, number)
         if world == 1:
-            attempt.refs = [_remote(run_job).options(**opts).remote(self.spec, job, number)]
+            attempt.refs = [remote(run_job).options(**opts).remote(self.spec, job, number)]
         else:
             from ray.util.placement_group import placement_group
             from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -327,21 +230,17 @@ class RayLauncher(Launcher):
             bundle = {"CPU": opts["num_cpus"], **({"GPU": gpus} if gpus else {}),
                       **({"memory": opts["memory"]} if "memory" in opts else {})}
             attempt.group = placement_group([bundle] * world, strategy="PACK", name=job.run_id)
-            actor = _remote(_Rank).options(num_cpus=opts["num_cpus"], num_gpus=gpus, max_restarts=0)
-            attempt.actors = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(
-                attempt.group, placement_group_bundle_index=i)).remote() for i in range(world)]
-            addr, port = ray.get(attempt.actors[0].where.remote())
-            nodes = ray.get([a.node.remote() for a in attempt.actors])
-            for rank, actor in enumerate(attempt.actors):
-                env = {"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
-                       "LOCAL_RANK": str(nodes[:rank].count(nodes[rank]))}
-                attempt.refs.append(actor.run.remote(self.spec, job, number, env))
+            attempt.actors = [remote(_Rank).options(
+                num_cpus=opts["num_cpus"], num_gpus=gpus, max_restarts=0, name=f"{job.run_id}-attempt{number}-rank{i}",
+                scheduling_strategy=PlacementGroupSchedulingStrategy(attempt.group, placement_group_bundle_index=i),
+            ).remote() for i in range(world)]
+            attempt.setup = [attempt.actors[0].where.remote(), *(a.node.remote() for a in attempt.actors)]
         self._attempts[job.run_id] = attempt
         log.info("%s: attempt %d started (%d process%s)", job.run_id, number, world, "es" if world > 1 else "")
         return attempt
 
     def _end(self, attempt: _Attempt) -> None:
-        ray = _ray()
+        ray = import_ray()
         for actor in attempt.actors:
             ray.kill(actor)
         if attempt.group is not None:
@@ -359,17 +258,17 @@ class RayLauncher(Launcher):
                 results[h.job.run_id] = JobResult(h.job.run_id, "FINISHED", s.step or h.job.steps if s else h.job.steps,
                                                   dict(s.metrics) if s else {}, "finished before")
         pending = {h.job.run_id: self._attempts[h.job.run_id] for h in handles if not h.skipped}
-        ray = _ray()
+        ray = import_ray()
         last = 0.0
         try:
             while pending:
-                refs = [ref for a in pending.values() for ref in a.refs]
+                refs = [ref for a in pending.values() for ref in a.refs or a.setup]
                 ready, _ = ray.wait(refs, num_returns=1, timeout=2.0)
                 for run_id, attempt in list(pending.items()):
-                    if not any(r in ready for r in attempt.refs):
+                    if not any(r in ready for r in attempt.refs or attempt.setup):
                         continue
-                    outcome = self._collect(attempt)
-                    if outcome is None:  # not all ranks done yet
+                    outcome = self._poll(attempt)
+                    if outcome is None:  # still placing or running
                         continue
                     del pending[run_id]
                     if isinstance(outcome, BaseException):
@@ -390,14 +289,37 @@ class RayLauncher(Launcher):
             self.cancel([a.job for a in pending.values()])
             refs = [ref for a in pending.values() for ref in a.refs]
             ray.wait(refs, num_returns=len(refs), timeout=60)
+            for attempt in pending.values():
+                self._end(attempt)
             raise
         finally:
             self.close()
         return [results[h.job.run_id] for h in handles]
 
+    def _poll(self, attempt: _Attempt) -> Any:
+        """Start a rank group's ranks once its actors are placed; then `_collect`. None while neither is done."""
+        ray = import_ray()
+        if attempt.refs:
+            return self._collect(attempt)
+        _, rest = ray.wait(attempt.setup, num_returns=len(attempt.setup), timeout=0)
+        if rest:
+            return None
+        try:
+            (addr, port), *nodes = ray.get(attempt.setup)
+        except Exception as e:  # noqa: BLE001 - an actor died while being placed
+            self._end(attempt)
+            return e
+        world = len(attempt.actors)
+        for rank, actor in enumerate(attempt.actors):
+            env = {"RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": addr, "MASTER_PORT": str(port),
+                   "LOCAL_RANK": str(nodes[:rank].count(nodes[rank]))}
+            attempt.refs.append(actor.run.remote(self.spec, attempt.job, attempt.number, env))
+        log.info("%s: %d ranks placed, rank 0 at %s:%d", attempt.job.run_id, world, addr, port)
+        return None
+
     def _collect(self, attempt: _Attempt) -> Any:
         """The attempt's JobResult, its exception, or None while some rank still runs."""
-        ray = _ray()
+        ray = import_ray()
         ready, rest = ray.wait(attempt.refs, num_returns=len(attempt.refs), timeout=0)
         outcomes = []
         for ref in ready:
@@ -430,19 +352,22 @@ class RayLauncher(Launcher):
 
     def status(self, jobs: Sequence[Job], summaries: dict | None = None) -> list[JobStatus]:
         out = super().status(jobs, summaries)
-        return [replace(s, state="PENDING", backend_id=self._attempts[s.run_id].refs[0].hex())
+        return [replace(s, state="PENDING", backend_id=self._attempts[s.run_id].backend_id)
                 if s.state == "UNKNOWN" and s.run_id in self._attempts else s for s in out]
 
     def cancel(self, jobs: Sequence[Job]) -> None:
         """Stop these jobs gracefully (SIGINT: a checkpoint, then KILLED). Only jobs started by this process."""
-        ray = _ray()
+        ray = import_ray()
         others = [j.run_id for j in jobs if j.run_id not in self._attempts]
         if others:
             raise LaunchError(f"{', '.join(others)} were not started by this process: stop the `scaling run` that "
                               "started them (Ctrl-C: its jobs save a checkpoint and end KILLED; relaunching resumes)")
         for job in jobs:
-            for ref in self._attempts[job.run_id].refs:
+            attempt = self._attempts[job.run_id]
+            for ref in attempt.refs:
                 ray.cancel(ref, force=False)
+            if not attempt.refs:  # a rank group still being placed
+                self._end(attempt)
 
 
 def _first_line(error: BaseException) -> str:

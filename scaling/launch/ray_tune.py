@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import LaunchError
-from scaling.launch.ray import _ray, address_of, ranks, ray_session
+from scaling.launch.ray import ranks
+from scaling.launch.ray_session import address_of, import_ray, ray_session
 from scaling.plan import Job, plan
 from scaling.spec import Spec
 from scaling.train import JobRunner
@@ -114,7 +115,7 @@ def run_trials(spec: Spec, job: Job, params: Sequence[SearchParam], *, tune_name
                max_concurrent: int | None = None, max_retries: int = 1, address: str | None = None,
                num_cpus: int | None = None) -> list[Trial]:
     """Run the search (connecting to `address`, or starting a local Ray with `num_cpus`); one Trial each."""
-    _ray()
+    import_ray()
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
