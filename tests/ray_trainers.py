@@ -113,3 +113,17 @@ def ranked(ctx: TrainContext) -> None:
 def by_size(ctx: TrainContext) -> None:
     """S: ranked, M: flaky, L: crashy, anything else: broken."""
     {"S": ranked, "M": flaky, "L": crashy}.get(ctx.job.size, broken)(ctx)
+
+
+def slow(ctx: TrainContext) -> None:
+    """`steady` at 0.2 s a step, stopping cleanly (with a checkpoint) when asked to."""
+    import time
+
+    start = ctx.resume_state["step"] if ctx.resume_state else 0
+    for step in range(start + 1, ctx.job.steps + 1):
+        time.sleep(0.2)
+        ctx.log(step, {"train/loss": 1.0 / step})
+        if step % ctx.spec.train.ckpt_every == 0 or ctx.should_stop():
+            ctx.save({"step": step})
+        if ctx.should_stop():
+            return

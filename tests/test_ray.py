@@ -12,10 +12,12 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from scaling.launch import get_launcher
@@ -62,7 +64,7 @@ def _sweep(tmp_path: Path, store: str, name: str = "tiny", **changes) -> Path:
     for key, value in changes.items():
         data[key] = value if not isinstance(value, dict) else {**data.get(key, {}), **value}
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
@@ -108,6 +110,30 @@ def test_failed_jobs_are_retried_from_their_checkpoint(ray_here, store, tmp_path
     assert [states[rid[s]] for s in ("S", "M", "L", "XL")] == ["FINISHED", "FINISHED", "FINISHED", "FAILED"]
 
 
+def test_cancel_stops_a_job_gracefully_and_a_relaunch_resumes_it(ray_here, store, tmp_path):
+    """`cancel` reaches the job's worker (SIGUSR2): it checkpoints and ends KILLED; relaunching continues it."""
+    spec = load_sweep(_sweep(tmp_path, store, "stop", trainer="tests.ray_trainers:slow",
+                             train={"budget": 30, "ckpt_every": 5}))
+    job = plan(spec)[0]
+    launcher = get_launcher(spec)
+    handles = launcher.submit([job])
+    first = Path(job.workdir) / "checkpoints" / "step-5.json"
+    deadline = time.monotonic() + 60
+    while not first.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    launcher.cancel([job])
+    (result,) = launcher.wait(handles)
+    assert result.status == "KILLED" and 5 <= result.step < 30 and "SIGUSR2" in result.reason
+    tracker, runs = _runs(spec)
+    assert runs[job.run_id].info.status == "KILLED"
+    relaunch = get_launcher(spec)
+    (resumed,) = relaunch.wait(relaunch.submit([job]))
+    assert resumed.status == "FINISHED" and resumed.step == 30
+    tracker, runs = _runs(spec)
+    assert runs[job.run_id].info.status == "FINISHED" and runs[job.run_id].data.tags["scaling.attempt"] == "2"
+    assert _steps(tracker, runs[job.run_id], "train/loss") == list(range(1, 31))  # continued, nothing twice
+
+
 def test_tune_finds_the_learning_rate_of_the_grid(ray_here, store, tmp_path):
     """8 random log-uniform trials with ASHA find the lr that a 31-point grid says is best (1e-2), within 2x;
     one trial fails once on purpose and resumes from its checkpoint."""
@@ -147,20 +173,49 @@ def test_tune_finds_the_learning_rate_of_the_grid(ray_here, store, tmp_path):
     assert result.figure.stat().st_size > 1000
 
 
+def test_tune_runs_the_built_in_trainer(ray_here, store, tmp_path):
+    """A grid of 2 learning rates for the tiny size S: real trials of the built-in trainer, nested MLflow runs."""
+    from scaling.tune import tune
+
+    sweep = _sweep(tmp_path, store, "builtin")
+    result = tune(sweep, "S", ["lr=grid(1e-3,1e-2)"], samples=1, steps=6, eval_every=3)
+    assert sorted(t.values["lr"] for t in result.trials) == [1e-3, 1e-2]
+    assert result.best.status == "FINISHED" and result.best.step == 6
+    tracker, runs = _runs(load_sweep(sweep), result.experiment)
+    parent = runs[result.name]
+    assert parent.info.status == "FINISHED"
+    assert sorted(a.path for a in tracker.client.list_artifacts(parent.info.run_id)) == [
+        "builtin.tuned.yaml", "liw.png", "results.csv"]
+    for t in result.trials:
+        run = runs[t.run_id]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert _steps(tracker, run, "eval/iw/laplace") == ([3, 6] if t.status == "FINISHED" else [3])
+        assert float(run.data.params["job.lr"]) == t.values["lr"]
+        assert run.data.metrics["eval/iw/laplace"] == pytest.approx(t.liw)
+    best = [t for t in result.trials if t.status == "FINISHED"]
+    assert result.best.liw == min(t.liw for t in best)
+    assert yaml.safe_load(result.overlay.read_text()) == {"model": {"sizes": {"S": {"lr": result.best.values["lr"]}}}}
+    including = sweep.with_name("including.yaml")
+    including.write_text(yaml.safe_dump(yaml.safe_load(sweep.read_text()) | {"include": [result.overlay.name]}))
+    assert {j.size: j.lr for j in plan(load_sweep(including))} == {"S": result.best.values["lr"], "M": 1e-3, "L": 1e-3}
+
+
 def test_cli_run_connects_by_address_and_starts_its_own_ray(ray_here, store, tmp_path):
     """`scaling run` in a child process: first on this module's Ray (RAY_ADDRESS), then on a Ray it starts
     and stops itself; afterwards none of its Ray processes is left, and this module's Ray still runs."""
     import ray
 
-    remote = _sweep(tmp_path, store, "remote", trainer="tests.ray_trainers:steady")
+    # the demo-like sweep: the built-in trainer, 3 sizes, lr scaled with width (μP rule), constant schedule
+    remote = _sweep(tmp_path, store, "remote", train={"optimizer": {"lr": 2e-3, "lr_scale": "mup", "base_width": 16}})
     own = _sweep(tmp_path, store, "own", trainer="tests.ray_trainers:steady", launch={"max_parallel": 1})
     script = textwrap.dedent(f"""
         import os, sys
         from scaling.cli import main
         first = main(["run", {str(remote)!r}, "--no-fit"])
+        again = main(["run", {str(remote)!r}, "--no-fit"])  # everything FINISHED: nothing runs
         del os.environ["RAY_ADDRESS"]
         second = main(["run", {str(own)!r}, "--no-fit"])
-        sys.exit(first or second)
+        sys.exit(first or again or second)
     """)
     env = {**os.environ, "RAY_ADDRESS": ray_here, "RAY_AUTH_MODE": "token", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
@@ -178,9 +233,22 @@ def test_cli_run_connects_by_address_and_starts_its_own_ray(ray_here, store, tmp
             leftovers.append(cmd[:120])
     assert leftovers == []
     assert ray.cluster_resources()["CPU"] == 2  # the cluster it connected to was left running
+    assert err.count("is FINISHED: skipped") == 3
     for path in (remote, own):
         spec = load_sweep(path)
-        _, runs = _runs(spec)
+        tracker, runs = _runs(spec)
         assert {r.info.status for r in runs.values()} == {"FINISHED"} and len(runs) == 3
+        assert {r.data.tags["scaling.attempt"] for r in runs.values()} == {"1"}
         table = (Path(spec.launch.workdir) / spec.name / "table.csv").read_text()
         assert table.count(f"{spec.name}-") >= 3
+    spec = load_sweep(remote)
+    tracker, runs = _runs(spec)
+    widths = {name: size.width for name, size in spec.model.sizes.items()}
+    for job in plan(spec):
+        assert job.lr == pytest.approx(2e-3 * widths["S"] / widths[job.size])  # μP: lr·base_width/width
+        lrs = [m.value for m in tracker.client.get_metric_history(runs[job.run_id].info.run_id, "train/lr")]
+        assert len(lrs) == 6 and lrs == pytest.approx([job.lr] * 6)
+        assert _steps(tracker, runs[job.run_id], "eval/iw/laplace") == [3, 6]
+        state = torch.load(Path(job.workdir) / "checkpoints" / "step-6.pt", weights_only=True)
+        groups = state["optimizer"]["param_groups"]
+        assert [g["lr"] for g in groups] == pytest.approx([job.lr] * len(groups))  # the optimizer's own lr

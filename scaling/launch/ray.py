@@ -17,23 +17,24 @@ from its latest checkpoint and the same MLflow run. Each attempt's output goes t
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import os
-import socket
-import sys
+import re
+import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from scaling.errors import LaunchError, ScalingError
+from scaling.errors import LaunchError
 from scaling.launch.base import Handle, JobStatus, Launcher, ProgressFn, log_dir
 from scaling.launch.ray_session import address_of, import_ray, ray_session, remote
+from scaling.launch.ray_worker import Rank, run_job, send_signal
 from scaling.plan import Job
 from scaling.spec import Resources, Spec
 
 log = logging.getLogger(__name__)
+
 
 def ranks(res: Resources) -> int:
     """Processes of one job: nodes × tasks per node (default: one per GPU, or 1)."""
@@ -49,92 +50,6 @@ def local_cpus(spec: Spec, jobs: Sequence[Job]) -> int:
     """CPUs of a local Ray for these jobs: `max_parallel` jobs of the largest CPU need at once."""
     need = max((j.resources.cpus or 1) * ranks(j.resources) for j in jobs) if jobs else 1
     return max(need, spec.launch.max_parallel * need)
-
-
-# --- what runs on the workers ------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
-def _attempt_log(path: Path) -> Iterator[None]:
-    """Send this process's stdout/stderr (file descriptors too) and `scaling` logs to `path` meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = (os.dup(1), os.dup(2))
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("scaling")
-    level, propagate = logger.level, logger.propagate
-    with open(path, "ab") as fh:
-        os.dup2(fh.fileno(), 1)
-        os.dup2(fh.fileno(), 2)
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-        try:
-            yield
-        finally:
-            logger.removeHandler(handler)
-            logger.setLevel(level)
-            logger.propagate = propagate
-            handler.close()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-
-
-def run_job(spec: Spec, job: Job, attempt: int, env: dict[str, str] | None = None) -> Any:
-    """One attempt at a job on a Ray worker: `JobRunner(spec, job)()` with this rank's environment.
-
-    A `ScalingError` (bad input, NaN loss) becomes a FAILED result, which is not retried; anything else
-    propagates and the launcher tries again."""
-    from scaling.train import JobResult, JobRunner
-
-    env = env or {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
-    name = f"ray-attempt-{attempt}" + (f"-rank{env['RANK']}" if env.get("WORLD_SIZE", "1") != "1" else "")
-    path = log_dir(job) / f"{name}.log"
-    with _environ(env), _attempt_log(path):
-        log.info("%s: attempt %d on %s (pid %d)", job.run_id, attempt, socket.gethostname(), os.getpid())
-        try:
-            return JobRunner(spec, job)()
-        except ScalingError as e:
-            return JobResult(job.run_id, "FAILED", 0, {}, f"{e} (log: {path})")
-
-
-class _Rank:
-    """One rank of a multi-process job (a Ray actor in the job's placement group)."""
-
-    def where(self) -> tuple[str, int]:
-        import ray
-
-        with socket.socket() as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
-
-    def node(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-    def run(self, spec: Spec, job: Job, attempt: int, env: dict[str, str]) -> Any:
-        return run_job(spec, job, attempt, env)
 
 
 # --- the driver side --------------------------------------------------------------------------------
@@ -169,6 +84,8 @@ class RayLauncher(Launcher):
         self.max_retries = spec.launch.max_requeues
         self._session: contextlib.ExitStack | None = None
         self._attempts: dict[str, _Attempt] = {}
+        self._cancelled: set[str] = set()
+        self._results: dict[str, Any] = {}
 
     def connect(self, jobs: Sequence[Job]) -> str:
         """Join (or start) Ray for this launcher; `close()` ends it."""
@@ -230,7 +147,7 @@ class RayLauncher(Launcher):
             bundle = {"CPU": opts["num_cpus"], **({"GPU": gpus} if gpus else {}),
                       **({"memory": opts["memory"]} if "memory" in opts else {})}
             attempt.group = placement_group([bundle] * world, strategy="PACK", name=job.run_id)
-            attempt.actors = [remote(_Rank).options(
+            attempt.actors = [remote(Rank).options(
                 num_cpus=opts["num_cpus"], num_gpus=gpus, max_restarts=0, name=f"{job.run_id}-attempt{number}-rank{i}",
                 scheduling_strategy=PlacementGroupSchedulingStrategy(attempt.group, placement_group_bundle_index=i),
             ).remote() for i in range(world)]
@@ -271,6 +188,8 @@ class RayLauncher(Launcher):
                     if outcome is None:  # still placing or running
                         continue
                     del pending[run_id]
+                    if isinstance(outcome, BaseException) and run_id in self._cancelled:
+                        outcome = self._killed(attempt)
                     if isinstance(outcome, BaseException):
                         if attempt.number <= self.max_retries:
                             log.warning("%s attempt %d failed (%s); starting attempt %d, which resumes from the "
@@ -279,7 +198,7 @@ class RayLauncher(Launcher):
                             pending[run_id] = self._start(attempt.job, attempt.number + 1)
                             continue
                         outcome = self._failed(attempt, outcome)
-                    results[run_id] = outcome
+                    results[run_id] = self._results[run_id] = outcome
                     log.info("%s %s at step %d", run_id, outcome.status, outcome.step)
                 if progress and time.monotonic() - last > 5:
                     last = time.monotonic()
@@ -336,6 +255,17 @@ class RayLauncher(Launcher):
             return (errors or failed)[0]
         return ray.get(attempt.refs[0])
 
+    def _killed(self, attempt: _Attempt) -> Any:
+        """The KILLED result of an attempt cancelled before it started (or killed while stopping)."""
+        from scaling.train import JobResult
+
+        s = self.summaries().get(attempt.job.run_id)
+        reason = "cancelled"
+        if s is not None and s.status == "RUNNING":
+            self.tracker.client.set_tag(s.mlflow_run_id, "scaling.reason", reason)
+            self.tracker.client.set_terminated(s.mlflow_run_id, status="KILLED")
+        return JobResult(attempt.job.run_id, "KILLED", (s.step or 0) if s else 0, dict(s.metrics) if s else {}, reason)
+
     def _failed(self, attempt: _Attempt, error: BaseException) -> Any:
         """A FAILED result for an attempt that raised or died; its MLflow run ends FAILED with the reason."""
         from scaling.train import JobResult
@@ -351,23 +281,59 @@ class RayLauncher(Launcher):
         return JobResult(job.run_id, "FAILED", (s.step or 0) if s else 0, dict(s.metrics) if s else {}, reason)
 
     def status(self, jobs: Sequence[Job], summaries: dict | None = None) -> list[JobStatus]:
-        out = super().status(jobs, summaries)
-        return [replace(s, state="PENDING", backend_id=self._attempts[s.run_id].backend_id)
-                if s.state == "UNKNOWN" and s.run_id in self._attempts else s for s in out]
+        """The tracker's view; a job started here that has no MLflow run yet is PENDING (or as it ended)."""
+        out = []
+        for s in super().status(jobs, summaries):
+            if s.state == "UNKNOWN" and s.run_id in self._attempts:
+                ended = self._results.get(s.run_id)
+                s = replace(s, state=ended.status if ended else "PENDING", reason=ended.reason if ended else None,
+                            backend_id=self._attempts[s.run_id].backend_id)
+            out.append(s)
+        return out
 
     def cancel(self, jobs: Sequence[Job]) -> None:
-        """Stop these jobs gracefully (SIGINT: a checkpoint, then KILLED). Only jobs started by this process."""
+        """Stop these jobs gracefully: each of their processes gets SIGUSR2 (a stop signal of the trainer; Ray
+        workers block SIGINT), saves a checkpoint and ends KILLED; a job not started yet is dropped. Jobs of
+        another `scaling run` are reached through the cluster (a local Ray only from its own process)."""
         ray = import_ray()
-        others = [j.run_id for j in jobs if j.run_id not in self._attempts]
-        if others:
-            raise LaunchError(f"{', '.join(others)} were not started by this process: stop the `scaling run` that "
-                              "started them (Ctrl-C: its jobs save a checkpoint and end KILLED; relaunching resumes)")
+        running = {s.run_id for s in self.status(jobs) if s.state in ("RUNNING", "PENDING")}
+        if not self._attempts and running and not (self.address or ray.is_initialized()):
+            raise LaunchError("these jobs run in the local Ray of the `scaling run` that started them: press Ctrl-C "
+                              "there (its jobs save a checkpoint and end KILLED; relaunching resumes)")
+        if not running and not self._attempts:
+            return
+        self.connect(jobs)
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        signals = []
         for job in jobs:
-            attempt = self._attempts[job.run_id]
-            for ref in attempt.refs:
-                ray.cancel(ref, force=False)
-            if not attempt.refs:  # a rank group still being placed
+            attempt = self._attempts.get(job.run_id)
+            self._cancelled.add(job.run_id)
+            number = attempt.number if attempt else _last_attempt(job)
+            places = sorted(log_dir(job).glob(f"ray-attempt-{number}.where.json")) + sorted(
+                log_dir(job).glob(f"ray-attempt-{number}-rank*.where.json"))
+            if attempt is not None and not places:  # not started: drop it
+                for ref in attempt.refs:
+                    ray.cancel(ref, force=False)
                 self._end(attempt)
+                continue
+            if attempt is None and job.run_id not in running:
+                continue
+            for place in places:
+                where = json.loads(place.read_text())
+                node = NodeAffinitySchedulingStrategy(where["node"], soft=False)
+                signals.append(remote(send_signal).options(num_cpus=0, scheduling_strategy=node, max_retries=0)
+                               .remote(where["pid"], signal.SIGUSR2))
+            log.info("%s: asked %d process(es) to stop", job.run_id, len(places))
+        ray.wait(signals, num_returns=len(signals), timeout=60)
+        if not self._attempts:
+            self.close()
+
+
+def _last_attempt(job: Job) -> int:
+    numbers = [int(m.group(1)) for p in log_dir(job).glob("ray-attempt-*.where.json")
+               if (m := re.match(r"ray-attempt-(\d+)", p.name))]
+    return max(numbers, default=0)
 
 
 def _first_line(error: BaseException) -> str:
