@@ -99,7 +99,7 @@ def test_failed_jobs_are_retried_from_their_checkpoint(ray_here, store, tmp_path
     s_metrics = runs[rid["S"]].data.metrics  # 2 ranks on one node talked through torch.distributed
     assert (s_metrics["dist/world_size"], s_metrics["dist/rank_sum"], s_metrics["dist/local_rank_sum"]) == (2, 3, 3)
     s_logs = Path(next(j for j in jobs if j.size == "S").workdir) / "logs"
-    assert sorted(p.name for p in s_logs.iterdir()) == ["ray-attempt-1-rank0.log", "ray-attempt-1-rank1.log"]
+    assert sorted(p.name for p in s_logs.glob("*.log")) == ["ray-attempt-1-rank0.log", "ray-attempt-1-rank1.log"]
     # M resumed from its checkpoint at step 3: every step once, none twice
     assert _steps(tracker, runs[rid["M"]], "train/loss") == [1, 2, 3, 4, 5, 6]
     assert _steps(tracker, runs[rid["L"]], "train/loss")[-3:] == [4, 5, 6]  # steps 1-3 died with the worker's buffer
