@@ -7,6 +7,7 @@ address and then starts and stops a Ray of its own, and checks that none of its 
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
@@ -173,31 +174,41 @@ def test_tune_finds_the_learning_rate_of_the_grid(ray_here, store, tmp_path):
     assert result.figure.stat().st_size > 1000
 
 
-def test_tune_runs_the_built_in_trainer(ray_here, store, tmp_path):
-    """A grid of 2 learning rates for the tiny size S: real trials of the built-in trainer, nested MLflow runs."""
-    from scaling.tune import tune
+def test_cli_tune_runs_the_built_in_trainer(ray_here, store, tmp_path, capsys):
+    """`scaling tune` over a grid of 2 learning rates for the tiny size S: real trials of the built-in
+    trainer, nested MLflow runs, the table, the figure and the overlay that the sweep then includes."""
+    from scaling.cli import main
 
     sweep = _sweep(tmp_path, store, "builtin")
-    result = tune(sweep, "S", ["lr=grid(1e-3,1e-2)"], samples=1, steps=6, eval_every=3)
-    assert sorted(t.values["lr"] for t in result.trials) == [1e-3, 1e-2]
-    assert result.best.status == "FINISHED" and result.best.step == 6
-    tracker, runs = _runs(load_sweep(sweep), result.experiment)
-    parent = runs[result.name]
-    assert parent.info.status == "FINISHED"
+    name = "builtin-S-tune-test"
+    assert main(["tune", str(sweep), "--size", "S", "--search", "lr=grid(1e-3,1e-2)", "--samples", "1",
+                 "--steps", "6", "--eval-every", "3", "--name", name]) == 0
+    out = capsys.readouterr().out
+    assert f"tune {name}: 2 trials of size S" in out and "overlay: " in out
+    folder = tmp_path / "runs" / "builtin" / name
+    rows = list(csv.DictReader((folder / "results.csv").open()))
+    assert sorted(float(r["lr"]) for r in rows) == [1e-3, 1e-2]
+    assert (folder / "liw.png").stat().st_size > 1000
+    best = rows[0]  # best first
+    assert best["status"] == "FINISHED" and best["step"] == "6"
+    tracker, runs = _runs(load_sweep(sweep), "builtin-tune")
+    parent = runs[name]
+    assert parent.info.status == "FINISHED" and parent.data.tags["tune.best.lr"] == best["lr"]
     assert sorted(a.path for a in tracker.client.list_artifacts(parent.info.run_id)) == [
         "builtin.tuned.yaml", "liw.png", "results.csv"]
-    for t in result.trials:
-        run = runs[t.run_id]
+    for row in rows:
+        run = runs[row["run_id"]]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert _steps(tracker, run, "eval/iw/laplace") == ([3, 6] if t.status == "FINISHED" else [3])
-        assert float(run.data.params["job.lr"]) == t.values["lr"]
-        assert run.data.metrics["eval/iw/laplace"] == pytest.approx(t.liw)
-    best = [t for t in result.trials if t.status == "FINISHED"]
-    assert result.best.liw == min(t.liw for t in best)
-    assert yaml.safe_load(result.overlay.read_text()) == {"model": {"sizes": {"S": {"lr": result.best.values["lr"]}}}}
+        assert run.info.status == {"FINISHED": "FINISHED", "STOPPED": "KILLED"}[row["status"]]
+        assert _steps(tracker, run, "eval/iw/laplace") == ([3, 6] if row["status"] == "FINISHED" else [3])
+        assert float(run.data.params["job.lr"]) == float(row["lr"])
+        assert run.data.metrics["eval/iw/laplace"] == pytest.approx(float(row["eval/iw/laplace"]))
+    assert float(best["eval/iw/laplace"]) == min(float(r["eval/iw/laplace"]) for r in rows if r["status"] == "FINISHED")
+    overlay = sweep.with_name("builtin.tuned.yaml")
+    assert yaml.safe_load(overlay.read_text()) == {"model": {"sizes": {"S": {"lr": float(best["lr"])}}}}
     including = sweep.with_name("including.yaml")
-    including.write_text(yaml.safe_dump(yaml.safe_load(sweep.read_text()) | {"include": [result.overlay.name]}))
-    assert {j.size: j.lr for j in plan(load_sweep(including))} == {"S": result.best.values["lr"], "M": 1e-3, "L": 1e-3}
+    including.write_text(yaml.safe_dump(yaml.safe_load(sweep.read_text()) | {"include": [overlay.name]}))
+    assert {j.size: j.lr for j in plan(load_sweep(including))} == {"S": float(best["lr"]), "M": 1e-3, "L": 1e-3}
 
 
 def test_cli_run_connects_by_address_and_starts_its_own_ray(ray_here, store, tmp_path):

@@ -185,3 +185,24 @@ def test_last_result_of_a_trial_is_read_from_its_file(tmp_path):
     (tmp_path / "result.json").write_text('{"step": 5}\n{"step": 10}\n')
     assert _last_result(tmp_path) == {"step": 10}
     assert _last_result(tmp_path / "missing") is None
+
+
+def test_mup_rule_reaches_each_size_optimizer(tmp_path):
+    """The built-in trainer's AdamW runs each size at lr·base_width/width (constant schedule, 3 steps)."""
+    import torch
+
+    from scaling.train import JobRunner
+
+    data = tiny_sweep_dict()
+    data["train"].update(budget=3, eval_every=3, ckpt_every=3,
+                         optimizer={"lr": 2e-3, "lr_scale": "mup", "base_width": 16})
+    data["launch"] = {"workdir": str(tmp_path / "runs")}
+    spec = parse_sweep(data)
+    for job in plan(spec):
+        expected = 2e-3 * 16 / spec.model.sizes[job.size].width
+        runner = JobRunner(spec, job, track=False)
+        assert runner().status == "FINISHED"
+        assert [m["train/lr"] for _, m in runner.runlog.history if "train/lr" in m] == pytest.approx([expected] * 3)
+        state = torch.load(f"{job.workdir}/checkpoints/step-3.pt", weights_only=True)
+        groups = state["optimizer"]["param_groups"]
+        assert [g["lr"] for g in groups] == pytest.approx([expected] * len(groups))
