@@ -336,7 +336,7 @@ def tune(sweep: str | Path, size: str, search: Sequence[str], samples: int = 16,
          max_concurrent: int | None = None, max_retries: int = 1, address: str | None = None,
          num_cpus: int | None = None, name: str | None = None) -> TuneResult:
     """Search `search` for size `size` of the sweep with Ray Tune and ASHA; see the module docstring."""
-    from scaling.launch.base import resolved
+    from scaling.launch.ray_session import portable
     from scaling.plan import plan
     from scaling.spec import check_name
     from scaling.track import TAG_REASON, Tracker, log_artifact_file
@@ -350,11 +350,10 @@ def tune(sweep: str | Path, size: str, search: Sequence[str], samples: int = 16,
         raise SpecError(f"--samples must be at least 1, got {samples}", "--samples")
     params = tuple(parse_search(s, size) for s in search)
     check_space(sweep, params)
-    spec = with_steps(resolved(spec), steps, eval_every)
-    workdir = Path(spec.launch.workdir).resolve()
+    spec = with_steps(portable(spec), steps, eval_every)
+    workdir = Path(spec.launch.workdir)
     experiment = f"{spec.experiment}-tune"
-    spec = dataclasses.replace(spec, launch=dataclasses.replace(spec.launch, workdir=str(workdir)),
-                               tracking=dataclasses.replace(spec.tracking, experiment=experiment))
+    spec = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, experiment=experiment))
     name = check_name(name or f"{spec.name}-{size}-tune-{datetime.datetime.now():%Y%m%d-%H%M%S}", "--name", "tune name")
     job = next(j for j in plan(spec) if j.size == size)
     if spec.train.eval_every >= job.steps:

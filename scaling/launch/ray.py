@@ -24,11 +24,12 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from scaling.errors import LaunchError
 from scaling.launch.base import Handle, JobStatus, Launcher, ProgressFn, log_dir
-from scaling.launch.ray_session import address_of, import_ray, ray_session, remote
+from scaling.launch.ray_session import address_of, import_ray, portable, ray_session, remote
 from scaling.launch.ray_worker import Rank, run_job, send_signal
 from scaling.plan import Job
 from scaling.spec import Resources, Spec
@@ -79,6 +80,7 @@ class RayLauncher(Launcher):
 
     def __init__(self, spec: Spec, address: str | None = None, num_cpus: int | None = None):
         super().__init__(spec)
+        self.spec = portable(self.spec)
         self.address = address or address_of(spec)
         self.num_cpus = num_cpus
         self.max_retries = spec.launch.max_requeues
@@ -131,6 +133,7 @@ class RayLauncher(Launcher):
         return handles
 
     def _start(self, job: Job, number: int) -> _Attempt:
+        job = replace(job, workdir=str(Path(job.workdir).resolve()))  # workers may run in other folders
         res = job.resources
         world = ranks(res)
         gpus = gpus_per_process(res)

@@ -11,6 +11,7 @@ before Ray is imported; the error for a refused token says so.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -45,6 +46,19 @@ def import_ray() -> Any:
 def address_of(spec: Spec) -> str | None:
     """The Ray cluster of a sweep: `launch.ray_address`, else `RAY_ADDRESS`, else None (start a local Ray)."""
     return spec.launch.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+def portable(spec: Spec) -> Spec:
+    """The spec with its paths absolute (tracking store, workdir, data), as this process sees them: Ray runs
+    jobs and trials in other processes and folders (Tune changes into each trial's folder)."""
+    from scaling.launch.base import resolved
+
+    spec = resolved(spec)
+    launch = dataclasses.replace(spec.launch, workdir=str(Path(spec.launch.workdir).expanduser().resolve()))
+    data = spec.data
+    if data.path:
+        data = dataclasses.replace(data, path=str(Path(data.path).expanduser().resolve()))
+    return dataclasses.replace(spec, launch=launch, data=data)
 
 
 def children(pid: int) -> list[tuple[int, str]]:
