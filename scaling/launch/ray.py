@@ -12,6 +12,9 @@ node as the rendezvous. A job that raises (other than a `ScalingError`, which th
 again) or whose worker dies is started again up to `launch.max_requeues` times; `JobRunner` resumes it
 from its latest checkpoint and the same MLflow run. Each attempt's output goes to
 `<workdir>/logs/ray-attempt-<n>.log`. A job that still fails ends FAILED in MLflow with the reason.
+
+`cancel` stops jobs gracefully with SIGUSR2 (a stop signal of the trainer; Ray workers block SIGINT), sent
+by a task pinned to each process's node: the job saves a checkpoint and ends KILLED. See docs/ray.md.
 """
 
 from __future__ import annotations
@@ -172,11 +175,13 @@ class RayLauncher(Launcher):
         from scaling.train import JobResult
 
         results: dict[str, Any] = {}
+        known = self.summaries() if any(h.skipped for h in handles) else {}
         for h in handles:
             if h.skipped:
-                s = self.summaries().get(h.job.run_id)
-                results[h.job.run_id] = JobResult(h.job.run_id, "FINISHED", s.step or h.job.steps if s else h.job.steps,
-                                                  dict(s.metrics) if s else {}, "finished before")
+                s = known.get(h.job.run_id)
+                step = (s.step or h.job.steps) if s else h.job.steps
+                results[h.job.run_id] = JobResult(h.job.run_id, "FINISHED", step, dict(s.metrics) if s else {},
+                                                  "finished before")
         pending = {h.job.run_id: self._attempts[h.job.run_id] for h in handles if not h.skipped}
         ray = import_ray()
         last = 0.0
@@ -326,7 +331,7 @@ class RayLauncher(Launcher):
                 where = json.loads(place.read_text())
                 node = NodeAffinitySchedulingStrategy(where["node"], soft=False)
                 signals.append(remote(send_signal).options(num_cpus=0, scheduling_strategy=node, max_retries=0)
-                               .remote(where["pid"], signal.SIGUSR2))
+                               .remote(where["pid"], signal.SIGUSR2, where.get("started")))
             log.info("%s: asked %d process(es) to stop", job.run_id, len(places))
         ray.wait(signals, num_returns=len(signals), timeout=60)
         if not self._attempts:

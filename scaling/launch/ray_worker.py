@@ -1,8 +1,9 @@
 """What the `ray` backend runs on Ray workers: one attempt at a job (`run_job`), the rank actors of a
 multi-process job (`Rank`), and `send_signal`, which `RayLauncher.cancel` runs on a job's node.
 
-Each attempt writes its output and the `scaling` log to `<workdir>/logs/ray-attempt-<n>[-rank<r>].log` and
-where it runs (node id, pid, host) to the `.where.json` next to it, which is how `cancel` reaches it.
+Each attempt writes its output and the `scaling` log to `<workdir>/logs/ray-attempt-<n>[-rank<r>].log`, and
+while it runs, where it runs (node id, pid, its start time, host) to the `.where.json` next to it, which is
+how `cancel` reaches it.
 """
 
 from __future__ import annotations
@@ -83,14 +84,18 @@ def run_job(spec: Spec, job: Job, attempt: int, env: dict[str, str] | None = Non
     env = env or {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     name = f"ray-attempt-{attempt}" + (f"-rank{env['RANK']}" if env.get("WORLD_SIZE", "1") != "1" else "")
     path = log_dir(job) / f"{name}.log"
+    where = path.with_suffix(".where.json")
     with _environ(env), _attempt_log(path):
-        where = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname()}
-        _write_json(path.with_suffix(".where.json"), where)  # how `cancel` finds this process
-        log.info("%s: attempt %d on %s (pid %d)", job.run_id, attempt, where["host"], where["pid"])
+        here = {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "host": socket.gethostname(),
+                "started": started(os.getpid())}
+        _write_json(where, here)  # how `cancel` finds this process while it runs
+        log.info("%s: attempt %d on %s (pid %d)", job.run_id, attempt, here["host"], here["pid"])
         try:
             return JobRunner(spec, job)()
         except ScalingError as e:
             return JobResult(job.run_id, "FAILED", 0, {}, f"{e} (log: {path})")
+        finally:
+            where.unlink(missing_ok=True)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -99,8 +104,20 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def send_signal(pid: int, signum: int) -> bool:
-    """Send `signum` to process `pid` of this node (the body of `cancel`'s node-pinned task)."""
+def started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), to tell it from a later one with its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def send_signal(pid: int, signum: int, start: str | None = None) -> bool:
+    """Send `signum` to process `pid` of this node if it is still the one that started at `start` (the body
+    of `cancel`'s node-pinned task). False if it is gone."""
+    if start is not None and started(pid) != start:
+        return False
     try:
         os.kill(pid, signum)
         return True
