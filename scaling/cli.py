@@ -470,8 +470,59 @@ def _add_fit(sub) -> None:
     p.set_defaults(func=cmd_fit)
 
 
+# --- tune -------------------------------------------------------------------------------------------
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from scaling.tune import tune
+
+    result = tune(args.sweep, args.size, args.search, args.samples, steps=args.steps, eval_every=args.eval_every,
+                  grace=args.grace, reduction=args.reduction, seed=args.seed, max_concurrent=args.concurrent,
+                  max_retries=args.retries, address=args.address, num_cpus=args.num_cpus, name=args.name)
+    names = [p.name for p in result.params]
+    print(f"tune {result.name}: {len(result.trials)} trials of size {result.size}, best first ({result.metric})")
+    rows = [["trial", "status", "step", *names, "L_iw"]]
+    for t in sorted(result.trials, key=lambda t: (t.liw is None, t.liw or 0.0)):
+        rows.append([t.trial, t.status, "" if t.step is None else str(t.step),
+                     *(f"{t.values[n]:.4g}" if isinstance(t.values[n], float) else str(t.values[n]) for n in names),
+                     "" if t.liw is None else f"{t.liw:.5g}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"best: {', '.join(f'{n}={result.best.values[n]}' for n in names)} ({result.metric} {result.best.liw:.5g})")
+    print(f"overlay: {result.overlay} (add `include: [{result.overlay.name}]` to the sweep to use it)")
+    print(f"table: {result.table}\nfigure: {result.figure}")
+    print(f"MLflow: experiment {result.experiment}, parent run {result.url}")
+    return 0
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="search one size's hyper-parameters with Ray Tune (ASHA on L_iw)",
+                       description="Ray Tune search for one size: every trial trains the size and reports the primary "
+                                   "L_iw at each evaluation; ASHA stops the worse trials early. The best values go to "
+                                   "<sweep>.tuned.yaml next to the sweep (take them in with `include:`). "
+                                   "See docs/ray.md.")
+    p.add_argument("sweep", help="sweep YAML file, e.g. sweeps/demo.yaml")
+    p.add_argument("--size", required=True, help="the size to tune, e.g. S")
+    p.add_argument("--search", action="append", default=[], metavar="NAME=KIND(VALUES)",
+                   help="a searched parameter, repeatable: lr=log(1e-4,3e-3), warmup=int(0,200), "
+                        "weight_decay=choice(0,0.01,0.1), any dotted key; kinds: log uniform int logint choice grid")
+    p.add_argument("--samples", type=int, default=16, help="trials to run (with grid: repeats of the grid)")
+    p.add_argument("--steps", type=int, default=None, help="steps per trial (default: the size's budget)")
+    p.add_argument("--eval-every", type=int, default=None, help="evaluate (and report to ASHA) every N steps")
+    p.add_argument("--grace", type=int, default=None, help="ASHA's grace period in steps (default: the first eval)")
+    p.add_argument("--reduction", type=float, default=3, help="ASHA's reduction factor (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random search (default 0)")
+    p.add_argument("--concurrent", type=int, default=None,
+                   help="at most N trials at once (default: as resources allow)")
+    p.add_argument("--retries", type=int, default=1, help="restarts of a failed trial, from its checkpoint (default 1)")
+    p.add_argument("--address", default=None, help="Ray cluster (default: launch.ray_address, RAY_ADDRESS, else local)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--name", default=None, help="name of the tune (default: <sweep>-<size>-tune-<time>)")
+    p.set_defaults(func=cmd_tune)
+
+
 COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_run, _add_status, _add_export, _add_submit,
-                            _add_resubmit, _add_cancel, _add_fit, _add_report]
+                            _add_resubmit, _add_cancel, _add_fit, _add_report, _add_tune]
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 
