@@ -72,8 +72,9 @@ def read_sql(uri: str, experiment: str, keys: Sequence[str] | None) -> tuple[pd.
                 where = f" AND key IN ({', '.join(':' + n for n in names)})" if names else " AND 1 = 0"
             result = con.execute(sa.text(f"SELECT run_uuid, key, step, value, is_nan, timestamp, {order} FROM metrics "
                                          f"WHERE run_uuid IN ({sub}){where}"), args)
-            metrics = pd.DataFrame(result.fetchall(), columns=["run_uuid", "key", "step", "value", "is_nan",
-                                                               "timestamp", "rowid"])
+            # plain DBAPI tuples: building a DataFrame from SQLAlchemy Row objects is several times slower
+            metrics = pd.DataFrame.from_records(result.cursor.fetchall(), columns=[
+                "run_uuid", "key", "step", "value", "is_nan", "timestamp", "rowid"])
     except sa.exc.OperationalError as e:
         raise TrackError(f"cannot read the MLflow store {uri}: {e.orig}") from e
     finally:
@@ -115,12 +116,16 @@ def export_table(uri: str | None, experiment: str, *, metrics: Sequence[str] | N
         raise TrackError(f"reader {reader!r} is unknown; valid: auto, sql, client")
     fixed = [samples_col, flops_col] + ([step_col] if step_col else [])
     keys = None if metrics is None else list(dict.fromkeys([*metrics, *fixed, size_col, params_col]))
-    if reader == "sql" or (reader == "auto" and _is_sql(uri)):
-        runs, attrs, raw = read_sql(uri, experiment, keys)
-    else:
+    sql = reader == "sql" or (reader == "auto" and _is_sql(uri))
+    if not sql:
         from scaling.track import read_client
-
-        runs, attrs, raw = read_client(uri, experiment, keys)
+    read = read_sql if sql else read_client
+    runs, attrs, raw = read(uri, experiment, keys)
+    missing = [m for m in metrics or () if m not in set(raw["key"])]
+    if missing and len(runs):
+        logged = sorted(set(read(uri, experiment, None)[2]["key"]))
+        raise TrackError(f"metrics not logged by any run of {experiment!r}: {', '.join(missing)}; "
+                         f"logged: {', '.join(logged) or 'none'}")
     return tidy(runs, attrs, raw, experiment, metrics=metrics, size_col=size_col, params_col=params_col,
                 step_col=step_col, samples_col=samples_col, flops_col=flops_col, run_id_col=run_id_col,
                 run_ids=run_ids)
@@ -161,10 +166,6 @@ def tidy(runs: pd.DataFrame, attrs: pd.DataFrame, raw: pd.DataFrame, experiment:
     meta = meta[~dup].drop(columns="_start")
     raw = raw[raw["run_uuid"].isin(meta.index)]
     if metrics is not None:
-        missing = [m for m in metrics if m not in set(raw["key"])]
-        if missing and len(raw):
-            raise TrackError(f"metrics not logged by any run of {experiment!r}: {', '.join(missing)}; "
-                             f"logged: {', '.join(sorted(set(raw['key'])))}")
         raw = raw[raw["key"].isin(set(metrics) | {samples_col, flops_col, step_col})]
     wide = raw.pivot(index=["run_uuid", "step"], columns="key", values="value") if len(raw) else pd.DataFrame(
         index=pd.MultiIndex.from_arrays([[], []], names=["run_uuid", "step"]))

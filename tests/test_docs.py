@@ -12,7 +12,8 @@ from scaling.cli import build_parser
 from .conftest import REPO
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-COMMAND = re.compile(r"(?:^|[\s`(])(?:\.venv/bin/)?scaling\s+([a-z][a-z-]*)((?:[ \t]+[^\s`|;&#)]+)*)", re.M)
+COMMAND = re.compile(r"(?:^|[\s`(])(?:\.venv/bin/)?scaling\s+([a-z][a-z-]*)"
+                     r"((?:[ \t]+(?:'[^'\n]*'|\"[^\"\n]*\"|[^\s`|;&#)'\"])+)*)", re.M)  # ')' only inside quotes
 
 
 def _subcommands() -> dict:
