@@ -147,25 +147,39 @@ def _printer(stream=sys.stderr):
     return show
 
 
+def _then(argv: list[str]) -> int:
+    """Run another subcommand (fit, report) as part of `scaling run`: its error is printed, not raised."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ScalingError as e:
+        print(f"{argv[0]}: error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from scaling.launch.progress import summary_lines
     from scaling.launch.sweep import run_sweep
 
     spec = _load(args)
-    outcome = run_sweep(spec, backend=args.backend, progress=_printer(), fit=not args.no_fit)
+    outcome = run_sweep(spec, backend=args.backend, progress=_printer())
     print("\n".join(summary_lines(outcome.statuses, outcome.results)))
-    if outcome.table:
-        print(f"table: {outcome.table}")
-    for note in outcome.notes:
-        print(note)
-    return 0 if outcome.ok else 1
+    if outcome.table is None:
+        return 1
+    print(f"table: {outcome.table}")
+    failed = not outcome.ok
+    if not args.no_fit:
+        failed |= bool(_then(["fit", args.sweep, "--table", str(outcome.table)]))
+        failed |= bool(_then(["report", args.sweep, "--table", str(outcome.table)]))
+    return 1 if failed else 0
 
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="train every job of a sweep, export the table, then fit and report",
                        description="Plan, launch (finished jobs are skipped, unfinished ones resume from their "
                                    "checkpoints), wait with a progress display, export runs/<sweep>/table.csv, "
-                                   "then fit and report. Exit status 1 if a job did not finish.")
+                                   "then `scaling fit` and `scaling report` on it. Exit status 1 if a job did not "
+                                   "finish or the fit or report failed.")
     p.add_argument("sweep", help="sweep YAML file, e.g. sweeps/demo.yaml")
     p.add_argument("--backend", choices=["local", "slurm", "ray"], default=None,
                    help="where jobs run (default: launch.backend of the sweep)")
@@ -179,7 +193,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     from scaling.launch.progress import status_lines
     from scaling.launch.sweep import sweep_status
 
-    print("\n".join(status_lines(sweep_status(_load(args), backend=args.backend))))
+    spec = _load(args)
+    if args.backend in (None, "slurm"):
+        from scaling.launch import slurm_commands
+
+        if args.backend == "slurm" or slurm_commands.submitted(spec):  # SLURM sweeps: SLURM's state and job id too
+            print("\n".join(slurm_commands.status_lines(sweep_status(spec, backend="slurm"))))
+            return 0
+    print("\n".join(status_lines(sweep_status(spec, backend=args.backend))))
     return 0
 
 
@@ -235,6 +256,219 @@ def _add_export(sub) -> None:
                    help="output file (default: runs/<sweep>/table.csv, or <experiment>.csv)")
     p.set_defaults(func=cmd_export)
 
+# --- submit / resubmit / cancel (SLURM) --------------------------------------------------------------
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from scaling.launch import slurm_commands
+
+    if args.dry_run:
+        print("\n".join(slurm_commands.dry_run(args.sweep, args.cluster)))
+        return 0
+    lines, code = slurm_commands.submit(args.sweep, args.cluster, wait=args.wait, timeout_min=args.timeout_min)
+    print("\n".join(lines))
+    return code
+
+
+def _add_submit(sub) -> None:
+    p = sub.add_parser("submit", help="send a sweep's jobs to SLURM as job arrays (through submitit)",
+                       description="Submit every unfinished job of a sweep to SLURM, one job array per resource "
+                                   "shape; job ids go to <workdir>/<sweep>/slurm_jobs.json. See docs/slurm.md.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--cluster", metavar="NAME", help="cluster profile slurm/NAME.yaml (overrides launch.cluster)")
+    p.add_argument("--dry-run", action="store_true", help="print the sbatch scripts; submit nothing")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs and print their results")
+    p.add_argument("--timeout-min", type=float, default=None, metavar="MIN",
+                   help="with --wait: give up waiting after MIN minutes (the jobs keep running)")
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    from scaling.launch import slurm_commands
+
+    lines, code = slurm_commands.submit(args.sweep, args.cluster, failed_only=args.failed)
+    print("\n".join(lines))
+    return code
+
+
+def _add_resubmit(sub) -> None:
+    p = sub.add_parser("resubmit", help="submit a SLURM sweep's failed, cancelled or unfinished jobs again",
+                       description="Submit again the jobs whose SLURM job failed, was cancelled, timed out or "
+                                   "vanished (and, without --failed, those never submitted); they resume from "
+                                   "their checkpoints in the same MLflow runs.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--failed", action="store_true", help="only jobs whose last SLURM job ended without finishing")
+    p.add_argument("--cluster", metavar="NAME", help="cluster profile slurm/NAME.yaml (overrides launch.cluster)")
+    p.set_defaults(func=cmd_resubmit)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from scaling.launch import slurm_commands
+
+    print("\n".join(slurm_commands.cancel(args.sweep, args.cluster)))
+    return 0
+
+
+def _add_cancel(sub) -> None:
+    p = sub.add_parser("cancel", help="cancel a SLURM sweep's queued and running jobs (scancel)",
+                       description="scancel every job of the sweep recorded in slurm_jobs.json; checkpoints stay.")
+    p.add_argument("sweep", help="sweep YAML file")
+    p.add_argument("--cluster", metavar="NAME", help="cluster profile slurm/NAME.yaml (overrides launch.cluster)")
+    p.set_defaults(func=cmd_cancel)
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from scaling.report import report_from_files
+
+    result = report_from_files(args.sweep, args.table, args.fits, args.out, metric=args.metric,
+                               size_col=args.size_col, params_col=args.params_col, step_col=args.step_col,
+                               mlflow_uri=args.mlflow_uri, progress=args.progress)
+    print(f"report: {result.out / 'index.html'} ({len(result.figures)} figures; also report.md, figures/*.png|svg)")
+    for line in result.status:
+        print(f"partial sweep: {line}")
+    for line in result.problems:
+        print(f"note: {line}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="draw the figures and write the HTML/Markdown report of a sweep",
+                       description="Write reports/<sweep>/index.html (self-contained), report.md and each figure "
+                                   "as PNG and SVG from the exported table and the fit results. Never refits.")
+    p.add_argument("sweep", nargs="?", help="sweep YAML file: reads runs/<sweep>/table.csv and fits/<sweep>/")
+    p.add_argument("--table", help="tidy table CSV (default: runs/<sweep>/table.csv)")
+    p.add_argument("--fits", "--fit", action="append", metavar="PATH",
+                   help="fit result file or folder of them (repeatable; default: fits/<sweep>/)")
+    p.add_argument("--out", help="report folder (default: reports/<sweep>)")
+    p.add_argument("--metric", help="loss column to draw (default: the sweep's fit metric, else eval/iw/laplace)")
+    p.add_argument("--size-col", help="column holding the size name, for tables from elsewhere")
+    p.add_argument("--params-col", help="column holding the parameter count, for tables from elsewhere")
+    p.add_argument("--step-col", help="column holding the training step, for tables from elsewhere")
+    p.add_argument("--mlflow-uri", help="MLflow tracking URI shown in the footer and used for run links")
+    p.add_argument("--progress", choices=("step", "samples", "flops"),
+                   help="x axis of the loss-vs-progress figure (default: what the curve fits used, else step)")
+    p.set_defaults(func=cmd_report)
+
+
+# --- fit --------------------------------------------------------------------------------------------
+
+def _csv(values: list[str] | None) -> tuple[str, ...]:
+    return tuple(v.strip() for arg in values or () for v in arg.split(",") if v.strip())
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scaling.errors import FitError
+    from scaling.fit import FitOptions, FitPlan, Target, fit_table, load_table
+    from scaling.fit.partial import predict_final_from_partial, write_partial
+    from scaling.fit.result import fit_filename
+    from scaling.fit.table import Columns, normalized
+    from scaling.fit.text import describe, partial_lines
+
+    cols = Columns(run=args.run_col, size=args.size_col, params=args.params_col, step=args.step_col,
+                   status=args.status_col)
+    plan_kw: dict = {}
+    final_steps: dict[str, float] = {}
+    if args.sweep:
+        from scaling.plan import plan
+        from scaling.spec import load_sweep
+
+        spec = load_sweep(args.sweep)
+        table = load_table(args.table or Path("runs") / spec.name / "table.csv")
+        jobs = {j.size: j for j in plan(spec)}
+        plan_kw = {"name": args.name or spec.name, "laws": spec.fit.laws, "x": spec.fit.x,
+                   "holdout": spec.fit.holdout, "primary": spec.metric}
+        plan_kw["targets"] = tuple(  # predicted when the size has no finished run in the table
+            Target(s, {"params": float(j.params), "step": float(j.steps), "samples": float(j.steps * j.batch_size),
+                       "flops": float(j.total_flops)})
+            for s, j in jobs.items() if s in spec.fit.holdout)
+        final_steps = {s: float(j.steps) for s, j in jobs.items()}
+        bootstrap = spec.fit.bootstrap
+    elif args.table:
+        table = load_table(args.table)
+        if not args.name:
+            raise FitError("--name is needed with --table (results go to fits/<name>/)")
+        plan_kw = {"name": args.name}
+        bootstrap = 1000
+    else:
+        raise FitError("give a sweep YAML (reads runs/<sweep>/table.csv) or --table CSV --name NAME")
+    for key, value in (("laws", _csv(args.law)), ("metrics", _csv(args.metric)), ("x", args.x_col),
+                       ("x2", args.x2_col), ("holdout", _csv(args.holdout) or None)):
+        if value:
+            plan_kw[key] = value
+    if args.metric:
+        plan_kw["primary"] = plan_kw["metrics"][0]
+    opts = FitOptions(loss=args.loss, delta=args.delta, level=args.level, seed=args.seed, workers=args.workers,
+                      bootstrap=bootstrap if args.bootstrap is None else args.bootstrap,
+                      loso_bootstrap=min(200, bootstrap if args.bootstrap is None else args.bootstrap))
+    fplan = FitPlan(**plan_kw, curves=not args.no_curves, include_unfinished=args.include_unfinished, cols=cols,
+                    opts=opts)
+    outcome = fit_table(table, fplan, args.out)
+    for path, res in outcome.results:
+        print("\n".join(describe(res)))
+        print(f"  -> {path}")
+    for fname, err in outcome.errors:
+        print(f"not fitted: {fname}: {err}")
+    # A held-out size still running: predict its final loss from its partial curve.
+    t = normalized(table, cols)
+    primary = fplan.primary or (outcome.results[0][1].metric if outcome.results else None)
+    for size in fplan.holdout or ():
+        running = t[(t["_size"] == size) & (t["_status"] != "FINISHED")]
+        final = args.final_step or final_steps.get(size)
+        if running.empty or not final or primary is None:
+            continue
+        x2 = fplan.x2 or cols.step
+        rows = predict_final_from_partial(table, size, primary, final, x_cols=(fplan.x, x2), cols=cols,
+                                          opts=FitOptions(bootstrap=min(opts.bootstrap, 200), loss=args.loss,
+                                                          delta=args.delta, level=args.level, seed=args.seed))
+        path = write_partial(Path(args.out) / fplan.name / fit_filename(primary, "chinchilla", f"partial-{size}"),
+                             rows, metric=primary, law="chinchilla", size=size, final_step=final)
+        print("\n".join(partial_lines(rows, size, final)))
+        print(f"  -> {path}")
+    return 2 if outcome.errors else 0
+
+
+def _add_fit(sub) -> None:
+    p = sub.add_parser("fit", help="fit scaling laws, predict the held-out size, backtest (fits/<name>/*.json)",
+                       description="Fit every law to every eval/iw/* metric over x (default params) on all sizes "
+                                   "but the held-out one, predict it with a bootstrap interval, compare with what "
+                                   "was measured; fit each size's loss curve over steps. See docs/fitting.md.")
+    p.add_argument("sweep", nargs="?", help="sweep YAML: reads runs/<sweep>/table.csv and the sweep's fit: block")
+    p.add_argument("--table", help="a tidy CSV (from `scaling export` or elsewhere) instead of the sweep's table")
+    p.add_argument("--name", help="fit set name: results go to <out>/<name>/ (default: the sweep name)")
+    p.add_argument("--out", default="fits", help="results folder (default: fits)")
+    p.add_argument("--metric", action="append", help="metric column(s) to fit, comma-separated or repeated "
+                   "(default: every eval/iw/* column); the first is the one whose curves are fitted")
+    p.add_argument("--law", action="append", help="law(s): power, power_offset, kaplan_ns, chinchilla "
+                   "(default: the sweep's fit.laws, else power,power_offset)")
+    p.add_argument("--x-col", help="x column of the size law (default: fit.x or params)")
+    p.add_argument("--x2-col", help="second input of two-input laws "
+                   "(default: samples if present, else the step column)")
+    p.add_argument("--holdout", action="append", help="size(s) held out and predicted (default: fit.holdout, "
+                   "else the largest size)")
+    p.add_argument("--size-col", default="size", help="column naming the size (default: size)")
+    p.add_argument("--params-col", default="params", help="column of parameter counts (default: params)")
+    p.add_argument("--step-col", default="step", help="column of steps (default: step)")
+    p.add_argument("--run-col", default="run_id",
+                   help="column of run ids (default: run_id; without it each row is a run)")
+    p.add_argument("--status-col", default="status", help="column of run status (default: status)")
+    p.add_argument("--include-unfinished", action="store_true",
+                   help="use the last value of runs that are not FINISHED too (they are listed either way)")
+    p.add_argument("--bootstrap", type=int, default=None,
+                   help="bootstrap resamples (default: fit.bootstrap or 1000)")
+    p.add_argument("--level", type=float, default=0.95, help="interval confidence level (default: 0.95)")
+    p.add_argument("--loss", choices=["huber", "squares"], default="huber",
+                   help="robust Huber (default) or least squares, on log residuals")
+    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log residuals (default: 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    p.add_argument("--workers", type=int, default=None, help="bootstrap processes (default: 1; see benchmarks/fit.py)")
+    p.add_argument("--no-curves", action="store_true", help="skip the loss-over-steps fits")
+    p.add_argument("--final-step", type=float, default=None,
+                   help="final step of a held-out size that is still running (default: from the sweep's plan)")
+    p.set_defaults(func=cmd_fit)
+
 
 # --- tune -------------------------------------------------------------------------------------------
 
@@ -287,7 +521,8 @@ def _add_tune(sub) -> None:
     p.set_defaults(func=cmd_tune)
 
 
-COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_run, _add_status, _add_export, _add_tune]
+COMMANDS: list[Callable] = [_add_plan, _add_spec_doc, _add_run, _add_status, _add_export, _add_submit,
+                            _add_resubmit, _add_cancel, _add_fit, _add_report, _add_tune]
 """Parser builders, one per subcommand, in the order `--help` lists them."""
 
 

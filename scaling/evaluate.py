@@ -151,17 +151,24 @@ class Evaluator:
             module.eval()
         try:
             with torch.no_grad():
-                per_level = self._levels(denoise_fn, device)
+                per_level = self._pair_losses(denoise_fn, device).mean(1)
         finally:
             if module is not None and was_training:
                 module.train()
+        if not np.all(np.isfinite(per_level)):
+            log.warning("non-finite per-level losses at λ = %s", self.grid[~np.isfinite(per_level)])
         iw = {w.label: iw_from_levels(per_level, self.grid, w) for w in self.weightings}
         return EvalResult(iw=iw, per_level=per_level, grid=self.grid.copy())
 
-    def _levels(self, denoise_fn: DenoiseFn, device: torch.device) -> np.ndarray:
+    def pair_losses(self, denoise_fn: DenoiseFn) -> np.ndarray:
+        """mean (ε̂ − ε)² of every (level, image) pair, (K, N) float64 (for noise studies; no mode handling)."""
+        with torch.no_grad():
+            return self._pair_losses(denoise_fn, self.device or torch.device("cpu"))
+
+    def _pair_losses(self, denoise_fn: DenoiseFn, device: torch.device) -> np.ndarray:
         n, k = len(self.x), len(self.grid)
         grid32 = torch.as_tensor(self.grid, dtype=torch.float32)
-        sums = torch.zeros(k, dtype=torch.float64)
+        out = torch.zeros(k * n, dtype=torch.float64)
         for start in range(0, n * k, self.batch_size):
             p = torch.arange(start, min(start + self.batch_size, n * k))
             levels, images = p // n, p % n  # level-major order of the (level, image) pairs
@@ -171,12 +178,8 @@ class Evaluator:
             y = None if self.y is None else self.y[images].to(device)
             z = add_noise(x, eps, lam)
             eps_hat = to_eps(denoise_fn(z, lam, y).float(), z, lam, self.prediction)
-            err = (eps_hat - eps).pow(2).flatten(1).mean(1).double().cpu()  # (P,)
-            sums.index_add_(0, levels, err)
-        per_level = (sums / n).numpy()
-        if not np.all(np.isfinite(per_level)):
-            log.warning("non-finite per-level losses at λ = %s", self.grid[~np.isfinite(per_level)])
-        return per_level
+            out[p] = (eps_hat - eps).pow(2).flatten(1).mean(1).double().cpu()  # (P,)
+        return out.view(k, n).numpy()
 
 
 def importance_weighted_loss(

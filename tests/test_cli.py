@@ -70,4 +70,5 @@ def test_missing_file_exit_2(tmp_path: Path):
 def test_spec_doc_is_current():
     out = scaling("spec-doc")
     assert out.returncode == 0
-    assert (REPO / "docs" / "sweep-reference.md").read_text() == out.stdout, "run: scaling spec-doc > docs/sweep-reference.md"
+    current = (REPO / "docs" / "sweep-reference.md").read_text()
+    assert current == out.stdout, "stale: run scaling spec-doc > docs/sweep-reference.md"

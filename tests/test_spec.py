@@ -38,7 +38,8 @@ def test_defaults_and_overrides():
 
 def test_yaml_reads_exponent_floats():
     # PyYAML reads `1e-3` (no dot) as a string; the spec accepts it as the number it is.
-    data = yaml.safe_load("name: x\nmodel: {sizes: {S: {depth: 1, width: 8, heads: 1}}}\ntrain: {optimizer: {lr: 1e-3}}")
+    text = "name: x\nmodel: {sizes: {S: {depth: 1, width: 8, heads: 1}}}\ntrain: {optimizer: {lr: 1e-3}}"
+    data = yaml.safe_load(text)
     assert parse_sweep(data).train.optimizer.lr == pytest.approx(1e-3)
 
 
@@ -58,7 +59,8 @@ def test_budget_forms(value, kind, amount, label):
     (lambda d: d["model"]["sizes"]["S"].update(heads=3), "model.sizes.S.heads", "not divisible"),
     (lambda d: d.update(name="../evil"), "name", "not allowed"),
     (lambda d: d.update(name="a;rm -rf"), "name", "not allowed"),
-    (lambda d: d["model"]["sizes"].update({"X L": {"depth": 1, "width": 8, "heads": 1}}), "model.sizes.X L", "not allowed"),
+    (lambda d: d["model"]["sizes"].update({"X L": {"depth": 1, "width": 8, "heads": 1}}), "model.sizes.X L",
+     "not allowed"),
     (lambda d: d["fit"].update(holdout=["XXL"]), "fit.holdout[0]", "unknown size 'XXL'; valid: S, M, L"),
     (lambda d: d.update(evaluation={"weightings": ["laplace", "bogus"]}), "evaluation.weightings[1].name", "valid:"),
     (lambda d: d.update(diffusion={"sampler": "min_snr"}), "diffusion.sampler.name", "cannot be sampled"),

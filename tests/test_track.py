@@ -259,3 +259,18 @@ def test_metrics_reach_the_store_while_the_job_runs(uri):
         time.sleep(0.2)
     assert run.pending == 0
     run.finish()
+
+
+def test_cli_export_of_another_tools_experiment(uri, tmp_path, capsys):
+    from scaling.cli import main
+
+    _foreign_store(uri)
+    out = tmp_path / "other.csv"
+    assert main(["export", "--experiment", "other", "--uri", uri, "--size-col", "model_size", "--params-col",
+                 "n_params", "--metric", "val_loss", "-o", str(out)]) == 0
+    assert f"8 rows, 2 runs, 11 columns -> {out}" in capsys.readouterr().out
+    table = pd.read_csv(out)
+    assert list(table["size"].unique()) == ["small", "tiny"] and list(table.columns)[-1] == "val_loss"
+    assert main(["export", "--experiment", "nope", "--uri", uri, "-o", str(out)]) == 1
+    assert "no experiment 'nope'" in capsys.readouterr().err
+    assert main(["export"]) == 2

@@ -2,7 +2,7 @@
 linear denoiser, real checkpoints through `ctx.save`, a few milliseconds per step (plus `SLOW_S`).
 
 Each call appends `<start> <end> <pid>` to `<workdir>/attempts.txt`, so tests can count attempts and
-check how many jobs ran at once.
+check how many jobs ran at once, and writes `<pid> <step>` to `<workdir>/progress.txt` after every step.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def train(ctx):
                            "progress/flops": step * ctx.job.flops_per_step})
             if step % every == 0 or step == ctx.job.steps:
                 ctx.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
+            (Path(ctx.job.workdir) / "progress.txt").write_text(f"{os.getpid()} {step}\n")
             time.sleep(slow)
+        if ctx.should_stop() and step % every and step < ctx.job.steps:  # stopped: save, like the built-in trainer
+            ctx.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step})
     finally:
         with open(Path(ctx.job.workdir) / "attempts.txt", "a") as fh:
             fh.write(f"{started} {time.time()} {os.getpid()}\n")

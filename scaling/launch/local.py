@@ -142,10 +142,12 @@ class LocalLauncher(Launcher):
         except Exception as e:  # noqa: BLE001 - any failure of the job is its result
             last = _error_line(str(e)) or type(e).__name__
             status = "KILLED" if "timed-out" in str(e) or "INTERRUPTED" in str(e) else "FAILED"
+            reason = f"{last.strip()} (log: {sjob.paths.stderr})"
             summary = self.summaries().get(job.run_id)
+            if summary is not None and summary.status == "RUNNING":  # died without ending its run
+                self.tracker.end_run(job.run_id, status, reason)
             step = (summary.step or 0) if summary else 0
-            return JobResult(job.run_id, status, step, dict(summary.metrics) if summary else {},
-                             f"{last.strip()} (log: {sjob.paths.stderr})")
+            return JobResult(job.run_id, status, step, dict(summary.metrics) if summary else {}, reason)
 
     def _skipped_result(self, handle: Handle, summaries: dict) -> Any:
         from scaling.train import JobResult

@@ -1,9 +1,8 @@
-"""`scaling run`, `scaling status` and `scaling export` for a sweep file: plan -> launch -> wait -> export
--> fit -> report (the last two as far as `scaling.fit` / `scaling.report` exist)."""
+"""`scaling run`, `scaling status` and `scaling export` for a sweep file: plan -> launch -> wait -> export.
+(`scaling run` then fits and reports through the `fit` and `report` commands.)"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,6 @@ from scaling.spec import Spec
 
 log = logging.getLogger(__name__)
 
-AFTER_RUN = (("scaling.fit", "fit_sweep"), ("scaling.report", "report_sweep"))
-"""Steps after the table is written: `module.function(spec, table_path) -> str` (a line for the user),
-called if the module and function exist."""
-
-
 @dataclass(frozen=True)
 class SweepOutcome:
     results: tuple
@@ -27,8 +21,6 @@ class SweepOutcome:
     statuses: tuple[JobStatus, ...]
     table: Path | None
     "The exported tidy table (None if nothing was logged)."
-    notes: tuple[str, ...]
-    "What the fit/report steps did, or why they were skipped."
 
     @property
     def ok(self) -> bool:
@@ -50,28 +42,8 @@ def export_sweep(spec: Spec, out: str | Path | None = None) -> tuple[Path, int, 
     return path, len(table), table["run_id"].nunique()
 
 
-def after_run(spec: Spec, table: Path) -> list[str]:
-    """Fit and report from the table, as far as those modules exist (see `AFTER_RUN`)."""
-    notes = []
-    for module, name in AFTER_RUN:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            notes.append(f"{module} is not installed in this version: skipped")
-            continue
-        fn = getattr(mod, name, None)
-        if fn is None:
-            notes.append(f"{module}.{name} does not exist yet: skipped")
-            continue
-        notes.append(str(fn(spec, table) or f"{module}.{name} done"))
-    return notes
-
-
-def run_sweep(spec: Spec, backend: str | None = None, progress: ProgressFn | None = None,
-              fit: bool = True) -> SweepOutcome:
-    """Plan, launch (skipping FINISHED jobs, resuming the others), wait, export the table, fit, report."""
+def run_sweep(spec: Spec, backend: str | None = None, progress: ProgressFn | None = None) -> SweepOutcome:
+    """Plan, launch (skipping FINISHED jobs, resuming the others), wait, export the table."""
     jobs = plan(spec)
     launcher = get_launcher(spec, backend)
     handles = launcher.submit(jobs)
@@ -83,8 +55,7 @@ def run_sweep(spec: Spec, backend: str | None = None, progress: ProgressFn | Non
     except TrackError as e:
         log.error("no table: %s", e)
         path = None
-    notes = after_run(launcher.spec, path) if path is not None and fit else []
-    return SweepOutcome(tuple(results), tuple(statuses), path, tuple(notes))
+    return SweepOutcome(tuple(results), tuple(statuses), path)
 
 
 def sweep_status(spec: Spec, backend: str | None = None) -> list[JobStatus]:
