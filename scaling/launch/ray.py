@@ -141,8 +141,8 @@ class RayLauncher(Launcher):
         world = ranks(res)
         gpus = gpus_per_process(res)
         opts: dict[str, Any] = {"num_cpus": res.cpus or 1, "num_gpus": gpus, "max_retries": 0, "name": job.run_id}
-        if res.mem_gb:
-            opts["memory"] = int(res.mem_gb * 2**30 / world)
+        if res.mem_gb:  # per node in the spec: shared by the node's tasks
+            opts["memory"] = int(res.mem_gb * 2**30 / (res.tasks_per_node or max(res.gpus or 0, 1)))
         attempt = _Attempt(job, number)
         if world == 1:
             attempt.refs = [remote(run_job).options(**opts).remote(self.spec, job, number)]
