@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep {spec.name}: batch {tr.batch_size}, eval every {tr.eval_every} "
               f"({spec.evaluation.samples} images x {levels} levels), checkpoint every {tr.ckpt_every}, "
               f"threads {tr.threads}")
-        head = ["size", "params", "steps", "samples/s", "GFLOP/s", "s/eval", "s/ckpt", "setup s", "wall s",
+        head = ["size", "params", "steps", "samples/s", "GFLOP/s", "s/eval", "s/ckpt", "setup s", "wall s", "CPU s",
                 "eval %", "ckpt %", "proj. eval %", "proj. ckpt %"]
-        rows = []
+        rows, cpu_full = [], []
         for full in jobs:
             job = dataclasses.replace(full, steps=args.steps or full.steps)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             result = JobRunner(spec, job, track=False)()
-            wall = time.perf_counter() - t
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
             m = result.metrics
             evals = _count(job.steps, tr.eval_every, True)
             ckpts = _count(job.steps, tr.ckpt_every, True)  # the last one is the final checkpoint
@@ -71,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
             per_ckpt = m["perf/checkpoint_s"] / ckpts
             full_evals, full_ckpts = _count(full.steps, tr.eval_every, True), _count(full.steps, tr.ckpt_every, True)
             full_wall = m["perf/setup_s"] + full.steps * per_step + full_evals * per_eval + full_ckpts * per_ckpt
+            cpu_full.append(cpu * full_wall / wall)
             rows.append([
                 job.size, f"{job.params:,}", str(job.steps), f"{job.batch_size / per_step:.0f}",
                 f"{job.flops_per_step / per_step / 1e9:.1f}", f"{per_eval:.2f}", f"{per_ckpt:.3f}",
-                f"{m['perf/setup_s']:.1f}", f"{wall:.1f}", f"{100 * m['perf/eval_s'] / wall:.1f}",
+                f"{m['perf/setup_s']:.1f}", f"{wall:.1f}", f"{cpu:.1f}", f"{100 * m['perf/eval_s'] / wall:.1f}",
                 f"{100 * m['perf/checkpoint_s'] / wall:.2f}", f"{100 * full_evals * per_eval / full_wall:.1f}",
                 f"{100 * full_ckpts * per_ckpt / full_wall:.2f}",
             ])
@@ -84,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     for cells in [head, *rows]:
         print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     print("proj.: shares at the sweep's full budget, from the measured per-step/eval/checkpoint times")
+    lanes = [0.0] * spec.launch.max_parallel  # the local launcher starts jobs in plan order as slots free up
+    for seconds in cpu_full:
+        lanes[lanes.index(min(lanes))] += seconds
+    print(f"CPU seconds at the full budget: {sum(cpu_full):.0f} in all; with {len(lanes)} jobs at once on an idle "
+          f"machine the training takes about {max(lanes):.0f} s (wall figures above include other load)")
     return 0
 
 

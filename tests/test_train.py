@@ -23,6 +23,16 @@ from tests.train_fixtures import tiny
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    """One real sqlite MLflow store for this module's tests (creating a store takes seconds)."""
+    from scaling.track import ensure_store
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    ensure_store(uri)
+    return uri
+
+
 def _env(**extra: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), **extra)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS"):
@@ -84,7 +94,7 @@ def test_trains_logs_evaluates_and_checkpoints(tmp_path):
 
 def test_stop_signal_then_resume_is_bit_identical(tmp_path, caplog):
     """2N steps straight == stopped by SIGTERM mid-run (after chaining to the previous handler) + resumed."""
-    options = {"budget": 160, "ckpt_every": 4, "eval_every": 40, "log_every": 8}
+    options = {"budget": 80, "ckpt_every": 4, "eval_every": 40, "log_every": 8}
     spec, job = tiny(tmp_path / "straight", **options)
     assert JobRunner(spec, job, track=False)().status == "FINISHED"
     straight = _final(job)
@@ -99,17 +109,17 @@ def test_stop_signal_then_resume_is_bit_identical(tmp_path, caplog):
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
     killed = _result(proc)
-    assert killed.status == "KILLED" and 4 <= killed.step < 160, killed
+    assert killed.status == "KILLED" and 4 <= killed.step < 80, killed
     assert "SIGTERM" in killed.reason
     chained = json.loads((workdir / "chained.json").read_text())
     assert chained["signal"] == signal.SIGTERM and killed.step in chained["checkpoints"]  # saved, then chained
-    assert "JobRunner(tiny-S-160steps-s0)" == chained["requeued"]
+    assert "JobRunner(tiny-S-80steps-s0)" == chained["requeued"]
     assert not (Path(stopped_job.workdir) / "result.json").exists()
 
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
     resumed = JobRunner(*tiny(workdir, **options), track=False)()
-    assert resumed.status == "FINISHED" and resumed.step == 160
+    assert resumed.status == "FINISHED" and resumed.step == 80
     _assert_identical(straight, _final(stopped_job))
 
     # a corrupt newest checkpoint is detected; the previous one is used and the result is still exact
@@ -125,11 +135,11 @@ def test_stop_signal_then_resume_is_bit_identical(tmp_path, caplog):
     _assert_identical(straight, _final(copy_job))
 
 
-def test_nan_loss_fails_names_step_and_size_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_fails_names_step_and_size_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, mlflow_uri):
     from scaling.track import TAG_REASON, Tracker
 
     monkeypatch.setenv("SCALING_SPOOL_DIR", str(tmp_path / "spool"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_uri
     spec, job = tiny(tmp_path, tracking_uri=uri, optimizer={"lr": 1e30, "grad_clip": None}, ckpt_every=1,
                      schedule={"name": "constant"})
     with pytest.raises(TrainError, match=r"size S .*loss is (nan|inf) at step 2\b"):
@@ -169,26 +179,26 @@ def test_two_ranks_with_gloo_match_one_process(tmp_path):
     assert len(b["ranks"]) == 2  # every rank's RNG and data position are in the checkpoint
 
 
-def test_mlflow_run_is_killed_then_resumed_and_finished(tmp_path, monkeypatch):
+def test_mlflow_run_is_killed_then_resumed_and_finished(tmp_path, monkeypatch, mlflow_uri):
     """The real tracker: tags, params, metric names, the λ grid artifact; a stopped job resumes the same run."""
     import mlflow
 
     from scaling.track import TAG_REASON, TAG_RUN_ID, Tracker
 
     monkeypatch.setenv("SCALING_SPOOL_DIR", str(tmp_path / "spool"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    options = {"budget": 100, "ckpt_every": 20, "eval_every": 50, "log_every": 10}
+    uri = mlflow_uri
+    options = {"budget": 40, "ckpt_every": 10, "eval_every": 20, "log_every": 5}
     workdir = tmp_path / "w"
     workdir.mkdir()
     proc = _child(workdir, env=_env(SCALING_SPOOL_DIR=str(tmp_path / "spool")), tracking_uri=uri, **options)
     spec, job = tiny(workdir, tracking_uri=uri, **options)
-    first = Path(job.workdir) / "checkpoints" / "step-20.json"
+    first = Path(job.workdir) / "checkpoints" / "step-10.json"
     deadline = time.monotonic() + 90
     while not first.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.005)
     proc.send_signal(signal.SIGINT)  # Ctrl-C: saved and KILLED, not a KeyboardInterrupt traceback
     killed = _result(proc)
-    assert killed.status == "KILLED" and killed.step < 100
+    assert killed.status == "KILLED" and killed.step < 40
     tracker = Tracker(uri, spec.experiment)
     (run,) = tracker.find_runs(job.run_id)
     assert run.info.status == "KILLED" and "SIGINT" in run.data.tags[TAG_REASON]
@@ -199,15 +209,15 @@ def test_mlflow_run_is_killed_then_resumed_and_finished(tmp_path, monkeypatch):
     assert run.info.status == "FINISHED" and TAG_REASON not in run.data.tags
     tags, params = run.data.tags, run.data.params
     assert tags[TAG_RUN_ID] == job.run_id and tags["scaling.size"] == "S" and tags["scaling.seed"] == "0"
-    assert tags["scaling.budget"] == "100steps" and tags["scaling.attempt"] == "2"
+    assert tags["scaling.budget"] == "40steps" and tags["scaling.attempt"] == "2"
     assert params["job.params"] == str(job.params) and float(params["train.optimizer.lr"]) == 3e-3
     assert params["evaluation.lambda_step"] == "2.0" and params["model.sizes.S.width"] == "16"
     client = mlflow.MlflowClient(uri)
     losses = client.get_metric_history(run.info.run_id, "train/loss")
-    assert {m.step for m in losses} == set(range(10, 101, 10))
-    assert {m.step for m in client.get_metric_history(run.info.run_id, "eval/iw/laplace")} == {50, 100}
-    assert {m.step for m in client.get_metric_history(run.info.run_id, "eval/level/010")} == {50, 100}
-    assert {m.step for m in client.get_metric_history(run.info.run_id, "progress/flops")} >= {100}
+    assert {m.step for m in losses} == set(range(5, 41, 5))
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "eval/iw/laplace")} == {20, 40}
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "eval/level/010")} == {20, 40}
+    assert {m.step for m in client.get_metric_history(run.info.run_id, "progress/flops")} >= {40}
     grid = json.loads(Path(client.download_artifacts(run.info.run_id, "lambda_grid.json", str(tmp_path))).read_text())
     assert grid == {"lambda": [-10.0 + 2.0 * k for k in range(11)]}
 

@@ -151,6 +151,13 @@ class CheckpointStore:
             raise ValueError(f"expected a dict, found {type(state).__name__}")
         return state
 
+    def load(self, step: int) -> dict:
+        """The verified state of the checkpoint of `step` (ValueError if it is missing or does not verify)."""
+        for info in self._listed():
+            if info.step == step:
+                return self._read(info)
+        raise ValueError(f"no complete checkpoint of step {step} in {self.dir}")
+
     def load_latest(self) -> tuple[CheckpointInfo, dict] | None:
         """The newest checkpoint that verifies, with its state; corrupt ones are renamed `*.corrupt`."""
         for info in self._listed():

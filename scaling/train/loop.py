@@ -118,7 +118,7 @@ class Trainer:
         step = broadcast_object(found[0].step if found else None, self.env)
         if step is None:
             return 0
-        state = found[1] if found else self.store._read(next(c for c in self.store._listed() if c.step == step))
+        state = found[1] if found else self.store.load(step)  # ranks > 0 read the file rank 0 chose
         if state.get("run_id") != self.job.run_id:
             raise TrainError(f"checkpoint {self.store.path(step)} belongs to {state.get('run_id')!r}, not "
                              f"{self.job.run_id!r}; use a separate workdir per job")
