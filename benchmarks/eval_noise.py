@@ -82,18 +82,19 @@ def load_model(spec: Spec, size: str, path: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def mc_estimate(model, data, grid: np.ndarray, w, levels_per_image: int, seed: int, mode: str, prediction: str,
+def mc_estimate(model, data, grid: np.ndarray, w, draws_per_image: int, seed: int, mode: str, prediction: str,
                 conditional: bool) -> tuple[float, float]:
-    """Random-λ Monte-Carlo estimate of L_iw at the grid estimate's cost; returns (estimate, its std error).
+    """Random-λ Monte-Carlo estimate of L_iw from N·draws_per_image random pairs, and the standard error the
+    same estimator would have at the grid's cost N·K (the per-pair std over sqrt(N·K)).
 
     mode 'w': λ ~ w truncated to the grid's range, term ℓ; mode 'uniform': λ ~ U(range), self-normalised
-    weights w(λ)/mean w. Every held-out image is used `levels_per_image` times (as in the grid estimate).
+    weights w(λ)/mean w. Every held-out image is drawn equally often (as in the grid estimate), with fresh ε.
     """
     x, y = data
     n = len(x)
     g = torch.Generator().manual_seed(seed)
     lo, hi = float(grid[0] - (grid[1] - grid[0]) / 2), float(grid[-1] + (grid[-1] - grid[-2]) / 2)
-    total = n * levels_per_image
+    total = n * draws_per_image
     if mode == "w":  # inverse CDF of w on [lo, hi] by a fine tabulation
         fine = np.linspace(lo, hi, 200001)
         cdf = np.cumsum(weight_np(w, fine))
@@ -119,7 +120,7 @@ def mc_estimate(model, data, grid: np.ndarray, w, levels_per_image: int, seed: i
     ratio = ratio / ratio.mean()  # self-normalised (mode 'w': all ones)
     est = float(np.mean(ratio * terms))
     # delta-method standard error of the self-normalised estimator (exact for mode 'w')
-    se = float(np.std(ratio * (terms - est), ddof=1) / math.sqrt(total))
+    se = float(np.std(ratio * (terms - est), ddof=1) / math.sqrt(n * len(grid)))
     return est, se
 
 
@@ -212,8 +213,8 @@ def main() -> None:
         sd_grid = runs[w.label].std(ddof=1)
         cols = []
         for mode in ("w", "uniform"):
-            _, se = mc_estimate(models[b], data, grid.numpy(), w, len(grid), 777, mode, spec.diffusion.prediction,
-                                spec.model.num_classes > 0)
+            _, se = mc_estimate(models[b], data, gnp, w, max(8, len(gnp) // 4), 777, mode,
+                                spec.diffusion.prediction, spec.model.num_classes > 0)
             cols.append((se, se**2 / sd_grid**2))
         print(f"  {w.label:<14}{sd_grid:>12.2e}{cols[0][0]:>14.2e}{cols[0][1]:>10.0f}{cols[1][0]:>14.2e}"
               f"{cols[1][1]:>10.0f}")

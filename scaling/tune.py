@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from scaling.errors import SpecError
+from scaling.errors import LaunchError, SpecError
 from scaling.schema import convert
 from scaling.spec import Budget, Spec, load_sweep
 
@@ -207,7 +207,7 @@ def best_trial(trials: Sequence[Trial]) -> Trial:
     pool = finished or scored
     if not pool:
         errors = "; ".join(sorted({t.error or t.status for t in trials}))[:1000]
-        raise SpecError(f"no trial reported an L_iw ({errors}); see the trials' logs", "tune")
+        raise LaunchError(f"no trial reported an L_iw ({errors}); see the trials' logs and results.csv")
     return min(pool, key=lambda t: t.liw)  # type: ignore[arg-type,return-value]
 
 
@@ -373,24 +373,25 @@ def tune(sweep: str | Path, size: str, search: Sequence[str], samples: int = 16,
                             samples=samples, grace=grace, reduction=reduction, seed=seed, max_concurrent=max_concurrent,
                             max_retries=max_retries, address=address, num_cpus=num_cpus)
         _settle(tracker, trials, TAG_REASON)
+        table = write_table(trials, params, metric, folder / "results.csv")
         best = best_trial(trials)
+        title = f"{spec.name} size {size}: {len(trials)} trials, {job.steps} steps"
+        figure = folder / "liw.png"
+        plot_tune(trials, params, metric, title).savefig(figure, dpi=120)
+        values = ", ".join(f"{p.name}={_fmt(best.values[p.name])}" for p in params)
+        note = (f"best of {len(trials)} trials for size {size}: {values} ({metric} = {best.liw:.5g} at step "
+                f"{best.step})")
+        overlay = write_overlay(sweep, spec, size, {p.path: best.values[p.name] for p in params}, note)
+        parent.log(job.steps, {f"best/{metric}": best.liw, "tune/finished": sum(t.status == "FINISHED" for t in trials),
+                               "tune/stopped": sum(t.status == "STOPPED" for t in trials)})
+        parent.flush()
+        for p in params:
+            tracker.client.set_tag(parent.mlflow_run_id, f"tune.best.{p.name}", str(best.values[p.name]))
+        for path in (table, figure, overlay):
+            log_artifact_file(tracker, parent.mlflow_run_id, path)
     except BaseException as e:
         parent.finish("KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", f"{type(e).__name__}: {e}")
         raise
-    table = write_table(trials, params, metric, folder / "results.csv")
-    title = f"{spec.name} size {size}: {len(trials)} trials, {job.steps} steps"
-    figure = folder / "liw.png"
-    plot_tune(trials, params, metric, title).savefig(figure, dpi=120)
-    values = ", ".join(f"{p.name}={_fmt(best.values[p.name])}" for p in params)
-    note = f"best of {len(trials)} trials for size {size}: {values} ({metric} = {best.liw:.5g} at step {best.step})"
-    overlay = write_overlay(sweep, spec, size, {p.path: best.values[p.name] for p in params}, note)
-    parent.log(job.steps, {f"best/{metric}": best.liw, "tune/finished": sum(t.status == "FINISHED" for t in trials),
-                           "tune/stopped": sum(t.status == "STOPPED" for t in trials)})
-    parent.flush()
-    for p in params:
-        tracker.client.set_tag(parent.mlflow_run_id, f"tune.best.{p.name}", str(best.values[p.name]))
-    for path in (table, figure, overlay):
-        log_artifact_file(tracker, parent.mlflow_run_id, path)
     parent.finish("FINISHED")
     log.info("tune %s: %s", name, note)
     return TuneResult(name, size, metric, params, tuple(trials), best, overlay, table, figure, experiment,

@@ -132,12 +132,15 @@ def test_stop_signals_set_a_flag_and_chain():
 
 def test_ctrl_c_is_not_chained():
     """Python's own SIGINT handler raises KeyboardInterrupt: the trainer saves and returns instead."""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    with StopSignals() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert stop.requested
-        assert stop.chain() is False
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # an earlier test (Ray) may have replaced it
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.requested
+            assert stop.chain() is False
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_lr_schedule_is_a_pure_function_of_the_step():

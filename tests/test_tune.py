@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from scaling.cli import build_parser
-from scaling.errors import SpecError
+from scaling.errors import LaunchError, SpecError
 from scaling.plan import lr_for, plan
 from scaling.spec import load_sweep, parse_sweep
 from scaling.tune import (
@@ -142,7 +142,7 @@ def test_best_trial_prefers_finished_trials():
     assert best_trial(_trials()).trial == "t2"
     assert best_trial(_trials()[:2]).trial == "t0"
     assert best_trial([_trials()[1]]).trial == "t1"
-    with pytest.raises(SpecError, match="no trial reported an L_iw .*boom"):
+    with pytest.raises(LaunchError, match="no trial reported an L_iw .*boom"):
         best_trial([_trials()[3]])
 
 

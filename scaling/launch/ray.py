@@ -45,9 +45,12 @@ def ranks(res: Resources) -> int:
     return (res.nodes or 1) * (res.tasks_per_node or max(res.gpus or 0, 1))
 
 
-def gpus_per_process(res: Resources) -> float:
-    """GPUs of each of a job's processes."""
-    return (res.gpus or 0) / (res.tasks_per_node or max(res.gpus or 0, 1))
+def process_resources(res: Resources) -> dict[str, float]:
+    """What each process of a job asks Ray for: CPU, GPU and memory (bytes); `gpus` and `mem_gb` are per node
+    in the spec, shared by the node's `tasks_per_node` processes (default: one per GPU, or 1)."""
+    per_node = res.tasks_per_node or max(res.gpus or 0, 1)
+    return {"CPU": res.cpus or 1, "GPU": (res.gpus or 0) / per_node,
+            "memory": int((res.mem_gb or 0) * 2**30 / per_node)}
 
 
 def local_cpus(spec: Spec, jobs: Sequence[Job]) -> int:
@@ -110,12 +113,13 @@ class RayLauncher(Launcher):
         ray = import_ray()
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         for job in jobs:
-            res = job.resources
-            need = {"CPU": res.cpus or 1, "GPU": gpus_per_process(res)}
+            need = process_resources(job.resources)
             if not any(all(n.get(k, 0) >= v for k, v in need.items() if v) for n in nodes):
-                have = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
-                message = (f"{job.run_id} needs {need['CPU']} CPUs and {need['GPU']:g} GPUs per process; no Ray "
-                           f"node has that ({have}): lower launch.resources.{job.size}")
+                have = "; ".join(f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU, {n.get('memory', 0) / 2**30:.1f} "
+                                 "GiB" for n in nodes)
+                message = (f"{job.run_id} needs {need['CPU']:g} CPU, {need['GPU']:g} GPU, "
+                           f"{need['memory'] / 2**30:.1f} GiB per process; no Ray node has that ({have}): lower "
+                           f"launch.resources.{job.size}")
                 if self.how == "local":
                     raise LaunchError(message)
                 log.warning("%s (an autoscaling cluster may add such a node)", message)
@@ -137,12 +141,12 @@ class RayLauncher(Launcher):
 
     def _start(self, job: Job, number: int) -> _Attempt:
         job = replace(job, workdir=str(Path(job.workdir).resolve()))  # workers may run in other folders
-        res = job.resources
-        world = ranks(res)
-        gpus = gpus_per_process(res)
-        opts: dict[str, Any] = {"num_cpus": res.cpus or 1, "num_gpus": gpus, "max_retries": 0, "name": job.run_id}
-        if res.mem_gb:
-            opts["memory"] = int(res.mem_gb * 2**30 / world)
+        world = ranks(job.resources)
+        need = process_resources(job.resources)
+        gpus = need["GPU"]
+        opts: dict[str, Any] = {"num_cpus": need["CPU"], "num_gpus": gpus, "max_retries": 0, "name": job.run_id}
+        if need["memory"]:
+            opts["memory"] = need["memory"]
         attempt = _Attempt(job, number)
         if world == 1:
             attempt.refs = [remote(run_job).options(**opts).remote(self.spec, job, number)]

@@ -1,6 +1,7 @@
 """MLflow tracking: one experiment per sweep, one MLflow run per job, found again by its run id.
 
-The only package that imports mlflow (`store`: Tracker; `runlog`: RunLog). `Tracker(uri, experiment)` opens a store (`uri=None`: the embedded
+The only package that imports mlflow (`store`: Tracker; `runlog`: RunLog).
+`Tracker(uri, experiment)` opens a store (`uri=None`: the embedded
 sqlite store `sqlite:///<cwd>/mlflow.db`, created once under a file lock so parallel writers never race
 on its schema); `tracker.open_run(run_id, tags, params)` creates the job's run or resumes the one tagged
 `scaling.run_id = run_id` (never a second one) and returns a `RunLog`.
