@@ -9,6 +9,7 @@ A field with `metadata={"yaml": False}` cannot be set from YAML.
 from __future__ import annotations
 
 import collections.abc
+import copyreg
 import dataclasses
 import math
 import types
@@ -16,6 +17,15 @@ import typing
 from typing import Any, Literal
 
 from scaling.errors import SpecError
+
+
+def _mappingproxy(items: dict) -> types.MappingProxyType:
+    return types.MappingProxyType(items)
+
+
+# Specs hold read-only mappings, which plain pickle (multiprocessing, torch.distributed spawn) refuses;
+# cloudpickle (submitit, Ray) handles them already. This makes every spec picklable everywhere.
+copyreg.pickle(types.MappingProxyType, lambda m: (_mappingproxy, (dict(m),)))
 
 
 def describe(value: Any) -> str:

@@ -10,13 +10,11 @@ and raises (`TrainError` for the trainer's own checks).
 
 from __future__ import annotations
 
-import copyreg
 import importlib
 import json
 import logging
 import math
 import time
-import types
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,15 +30,6 @@ from scaling.train.dist import DistEnv, destroy_process_group, device_for, dist_
 from scaling.train.signals import StopSignals
 
 log = logging.getLogger(__name__)
-
-
-def _mappingproxy(items: dict) -> types.MappingProxyType:
-    return types.MappingProxyType(items)
-
-
-# A Spec holds read-only mappings, which plain pickle (multiprocessing, torch.distributed spawn) refuses;
-# cloudpickle (submitit, Ray) handles them already. This lets `JobRunner` pickle everywhere.
-copyreg.pickle(types.MappingProxyType, lambda m: (_mappingproxy, (dict(m),)))
 
 
 @dataclass(frozen=True)
