@@ -19,6 +19,7 @@ class SpecError(ScalingError):
     exit_code = 2
 
     def __init__(self, message: str, path: str = "", source: str = ""):
+        self.message = message
         self.path = path
         self.source = source
         where = f"{path}: " if path else ""

@@ -14,6 +14,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, Literal
 
 from scaling.errors import SpecError
@@ -125,3 +126,14 @@ def build(cls: type, value: Any, path: str) -> Any:
         if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SpecError(f"missing required key {name!r}", f"{path}.{name}" if path else name)
     return cls(**kwargs)
+
+
+def parse(cls: type, data: Any, source: str, check: Callable[[Any], None] | None = None) -> Any:
+    """Build `cls` from `data`, run the cross-field `check`; a SpecError names `source` and the key path."""
+    try:
+        obj = build(cls, data, "")
+        if check is not None:
+            check(obj)
+    except SpecError as e:
+        raise SpecError(e.message, e.path, source) from None
+    return obj

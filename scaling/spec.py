@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from scaling.errors import SpecError
-from scaling.schema import build, convert, describe
+from scaling.schema import convert, describe, parse
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 """Names that become paths, job names or MLflow keys: letters, digits, `_ . -`, no `..`, no shell chars."""
@@ -493,11 +493,7 @@ def _read_yaml(path: Path, source: str) -> tuple[dict, bytes]:
 
 def parse_sweep(data: dict, source: str = "<sweep>", sha256: str = "") -> Spec:
     """Validate an already-loaded mapping into a `Spec`."""
-    try:
-        spec = build(Spec, data, "")
-        _check(spec)
-    except SpecError as e:
-        raise SpecError(str(e).split(": ", 1)[1] if e.path else str(e), e.path, source) from None
+    spec = parse(Spec, data, source, _check)
     return dataclasses.replace(spec, source=source, sha256=sha256)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from scaling.errors import SpecError
-from scaling.schema import build, describe
+from scaling.schema import describe, parse
 from scaling.spec import Resources, check_name
 
 PROFILE_PATH_ENV = "SCALING_SLURM_PROFILES"
@@ -86,12 +86,7 @@ def check_resources(res: Resources, path: str) -> None:
 
 def parse_profile(data: object, name: str = "", source: str = "<profile>") -> ClusterProfile:
     """Validate an already-loaded mapping into a `ClusterProfile`."""
-    try:
-        profile = build(ClusterProfile, data, "")
-        _check(profile)
-    except SpecError as e:
-        raise SpecError(str(e).split(": ", 1)[1] if e.path else str(e), e.path, source) from None
-    return replace(profile, name=name, source=source)
+    return replace(parse(ClusterProfile, data, source, _check), name=name, source=source)
 
 
 def search_dirs(sweep_source: str | Path | None = None) -> list[Path]:
