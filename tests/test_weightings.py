@@ -123,3 +123,11 @@ def test_bad_parameters_are_named():
     with pytest.raises(SpecError, match="valid"):
         weight_np("nope", 0.0)
     assert set(WEIGHTINGS) == set(INTEGRABLE) | {"min_snr"}
+
+
+def test_weightings_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, scaling.weightings; assert 'torch' not in sys.modules and 'mlflow' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
