@@ -116,19 +116,19 @@ def test_cancel_stops_jobs_gracefully_and_a_relaunch_resumes_them(ray_here, stor
     S is cancelled by the launcher that started it, M by a fresh one (as another process would)."""
     two = {"sizes": {k: v for k, v in tiny_sweep_dict()["model"]["sizes"].items() if k in ("S", "M")}}
     spec = load_sweep(_sweep(tmp_path, store, "stop", trainer="tests.ray_trainers:slow", model=two,
-                             fit={"holdout": []}, train={"budget": 30, "ckpt_every": 5}))
+                             fit={"holdout": []}, train={"budget": 100, "ckpt_every": 5}))
     jobs = plan(spec)
     launcher = get_launcher(spec)
     handles = launcher.submit(jobs)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not all(
-            (Path(j.workdir) / "checkpoints" / "step-5.json").exists() for j in jobs):
-        time.sleep(0.1)
-    launcher.cancel([jobs[0]])
-    get_launcher(spec).cancel([jobs[1]])
+    # each job is stopped once it has checkpointed step 5: 20 s before it could finish on its own
+    for job, canceller in zip(jobs, (launcher, get_launcher(spec))):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not (Path(job.workdir) / "checkpoints" / "step-5.json").exists():
+            time.sleep(0.1)
+        canceller.cancel([job])
     results = launcher.wait(handles)
     for result in results:
-        assert result.status == "KILLED" and 5 <= result.step < 30 and "SIGUSR2" in result.reason, result
+        assert result.status == "KILLED" and 5 <= result.step < 100 and "SIGUSR2" in result.reason, result
     tracker, runs = _runs(spec)
     assert {r.info.status for r in runs.values()} == {"KILLED"}
     relaunch = get_launcher(spec)
@@ -136,7 +136,7 @@ def test_cancel_stops_jobs_gracefully_and_a_relaunch_resumes_them(ray_here, stor
     tracker, runs = _runs(spec)
     for job in jobs:
         assert runs[job.run_id].info.status == "FINISHED" and runs[job.run_id].data.tags["scaling.attempt"] == "2"
-        assert _steps(tracker, runs[job.run_id], "train/loss") == list(range(1, 31))  # continued, nothing twice
+        assert _steps(tracker, runs[job.run_id], "train/loss") == list(range(1, 101))  # continued, nothing twice
         assert not list((Path(job.workdir) / "logs").glob("*.where.json"))  # only while running
     again = get_launcher(spec)
     handles = again.submit(jobs)  # FINISHED: skipped, nothing starts
