@@ -5,6 +5,8 @@ A checkpoint is written to a temporary file while its SHA-256 is computed, fsync
 A checkpoint counts only when its sidecar exists and the file matches it, so a crash mid-write, a truncated
 copy or flipped bytes are detected when loading; the bad file is renamed `*.corrupt` (kept, not deleted)
 and the previous checkpoint is used. The newest `keep` complete checkpoints are kept (2 by default).
+Temporary files of writes that never finished (`.step-<n>.pt.tmp-<pid>`, left by a process killed
+mid-write) are removed when the job resumes or saves again.
 
 Contents are loaded with `torch.load(weights_only=True)`: tensors, numbers, strings, None and
 lists/tuples/dicts of them. `rng_state()` turns every random generator's state into that form.
@@ -29,6 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+_TEMP = re.compile(r"^\.step-(\d+)\.(?:pt|json)\.tmp-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,16 @@ class _HashingWriter(io.RawIOBase):
         self.sha256.update(b)
         self.bytes += len(b)
         return self._f.write(b)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -138,6 +151,22 @@ class CheckpointStore:
             match = _NAME.match(path.name)
             if match and int(match.group(1)) < newest and not self._sidecar(path).exists():
                 path.unlink(missing_ok=True)  # an older write that crashed before its sidecar
+        self._remove_partial_writes(newest)
+
+    def _remove_partial_writes(self, newest: int) -> None:
+        """Delete the temporary files of writes that never finished: those of a process that is gone (killed
+        mid-write) or of a step not newer than the newest complete checkpoint. This process's own are kept."""
+        if not self.dir.is_dir():
+            return
+        for path in self.dir.iterdir():
+            match = _TEMP.match(path.name)
+            if not match:
+                continue
+            step, pid = int(match.group(1)), int(match.group(2))
+            if pid != os.getpid() and (step <= newest or not _pid_alive(pid)):
+                log.info("removing %s: a checkpoint write of step %d that never finished (process %d)", path.name,
+                         step, pid)
+                path.unlink(missing_ok=True)
 
     def _read(self, info: CheckpointInfo) -> dict:
         data = info.path.read_bytes()
@@ -160,7 +189,9 @@ class CheckpointStore:
 
     def load_latest(self) -> tuple[CheckpointInfo, dict] | None:
         """The newest checkpoint that verifies, with its state; corrupt ones are renamed `*.corrupt`."""
-        for info in self._listed():
+        listed = self._listed()
+        self._remove_partial_writes(listed[0].step if listed else -1)
+        for info in listed:
             try:
                 return info, self._read(info)
             except Exception as e:  # noqa: BLE001 - any unreadable file is treated the same way

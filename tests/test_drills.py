@@ -1,0 +1,152 @@
+"""Fault drills: hard kills mid-checkpoint, Ctrl-C on a whole sweep, two sweeps into one store, a NaN in one size.
+
+Real processes (`scaling run` and its submitit jobs), real torch training of tiny models, a real MLflow
+sqlite store in tmp_path. Malformed inputs (sweep files, tables, fit JSON) are drilled in
+tests/test_drills_inputs.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from scaling.cli import main
+from scaling.launch.local import latest_log
+from scaling.plan import plan
+from scaling.spec import load_sweep
+from scaling.track import TAG_ATTEMPT, Tracker, ensure_store, export_table
+from scaling.train import JobRunner
+from scaling.train.checkpoint import CheckpointStore
+
+from .conftest import REPO, tiny_sweep_dict
+
+DEADLINE_S = 120
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, created once (creating one takes seconds); tests copy it."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    ensure_store(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def drill_env(tmp_path, monkeypatch):
+    """Jobs import `scaling` and `tests.*` from this tree; spool files and fits/reports land in tmp_path."""
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_sweep(tmp_path: Path, name: str = "tiny", sizes: tuple[str, ...] = ("S", "M", "L"),
+                trainer: str | None = "tests.drill_jobs:held", store: Path | None = None, fit: dict | None = None,
+                **train) -> Path:
+    """A tiny sweep file: jobs in tmp_path/runs, MLflow in `store` (default tmp_path/mlflow.db)."""
+    data = tiny_sweep_dict(name=name)
+    all_sizes = {**data["model"]["sizes"], "XL": {"depth": 2, "width": 48, "heads": 2, "patch": 4}}
+    data["model"] = {"sizes": {k: all_sizes[k] for k in sizes}}
+    if trainer:
+        data["trainer"] = trainer
+    data["train"] = {**data["train"], "budget": 12, "ckpt_every": 4, "eval_every": 4, **train}
+    data["fit"] = fit or {"laws": ["power"], "holdout": [], "bootstrap": 20}
+    data["launch"] = {"workdir": str(tmp_path / "runs"), "max_parallel": 2,
+                      "resources": {"default": {"time_min": 10}}}
+    data["tracking"] = {"uri": f"sqlite:///{store or tmp_path / 'mlflow.db'}"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def wait_for(condition, what: str, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
+
+
+def attempts(job) -> list[tuple[int, int]]:
+    """(pid, first step) of each attempt of a `held` job."""
+    path = Path(job.workdir) / "attempts.txt"
+    return [tuple(map(int, line.split())) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def progress(job) -> int:
+    path = Path(job.workdir) / "progress.txt"
+    text = path.read_text().strip() if path.exists() else ""
+    return int(text) if text else 0
+
+
+def histories(client: MlflowClient, run) -> dict[str, list[int]]:
+    """Steps of every metric of an MLflow run, in the order they are stored."""
+    return {key: [m.step for m in client.get_metric_history(run.info.run_id, key)] for key in run.data.metrics}
+
+
+# --- 1. SIGKILL in the middle of writing a checkpoint ---------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["data", "sidecar"])
+def test_sigkill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(drill_env, empty_store, capsys,
+                                                                              mode):
+    tmp_path = drill_env
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    sweep = write_sweep(tmp_path, sizes=("S",), trainer=None, log_every=1)
+    spec = load_sweep(sweep)
+    (job,) = plan(spec)
+    ckpt = Path(job.workdir) / "checkpoints"
+
+    # the job (the built-in trainer, as a launcher runs it) kills itself while writing the checkpoint of step 8
+    killed = subprocess.run([sys.executable, "-m", "tests.drill_jobs", str(sweep), "S", "8", mode],
+                            capture_output=True, text=True, timeout=DEADLINE_S)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert CheckpointStore(ckpt).steps() == [4]  # step 8 never became a checkpoint
+    partial = [p for p in ckpt.iterdir() if p.name.startswith(".step-8.")]
+    assert len(partial) == 1 and partial[0].stat().st_size > 0
+    if mode == "sidecar":  # the checkpoint file itself was complete, its sidecar was not
+        assert partial[0].name.startswith(".step-8.json.tmp-") and (ckpt / "step-8.pt").exists()
+    else:
+        assert partial[0].name.startswith(".step-8.pt.tmp-") and not (ckpt / "step-8.pt").exists()
+    tracker = Tracker(spec.tracking.uri, spec.experiment)
+    assert tracker.summaries()[job.run_id].status == "RUNNING"  # died without ending its run
+    assert tracker.summaries()[job.run_id].step == 8  # steps 5-8 reached the store before the kill
+
+    # relaunch: `scaling run` resumes the job from step 4, in the same MLflow run
+    assert main(["run", str(sweep), "--no-fit"]) == 0
+    assert f"{job.run_id}  FINISHED  12/12" in capsys.readouterr().out
+    log = latest_log(job).with_suffix(".err").read_text()
+    assert f"{job.run_id} resumes at step 4" in log
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step-12.json", "step-12.pt", "step-8.json", "step-8.pt"]
+    (run,) = tracker.find_runs(job.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[TAG_ATTEMPT] == "2"
+    # steps 5-8 were logged by both attempts; the export holds one value per (run, metric, step)
+    client = MlflowClient(spec.tracking.uri)
+    assert sorted(histories(client, run)["train/loss"]) == sorted([*range(1, 9), *range(5, 13)])
+    table = export_table(spec.tracking.uri, spec.experiment)
+    assert list(table["step"]) == list(range(1, 13))
+
+    # the same job never interrupted: identical parameters and metrics (resume is exact on CPU)
+    reference = load_sweep(sweep, {"launch": {"workdir": str(tmp_path / "reference")}})
+    (ref_job,) = plan(reference)
+    runner = JobRunner(reference, ref_job, track=False)
+    runner()
+    _, ref_state = CheckpointStore(Path(ref_job.workdir) / "checkpoints").load_latest()
+    _, state = CheckpointStore(ckpt).load_latest()
+    assert state["step"] == ref_state["step"] == 12
+    for key, tensor in ref_state["model"].items():
+        assert torch.equal(state["model"][key], tensor), key
+    ref = {}
+    for step, metrics in runner.runlog.history:
+        for key, value in metrics.items():
+            ref.setdefault(key, {})[step] = value
+    assert dict(zip(table["step"], table["train/loss"])) == ref["train/loss"]
+    evaluated = table.dropna(subset=["eval/iw/laplace"])
+    assert dict(zip(evaluated["step"], evaluated["eval/iw/laplace"])) == ref["eval/iw/laplace"]
