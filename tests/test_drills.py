@@ -7,6 +7,8 @@ tests/test_drills_inputs.py.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -23,7 +25,7 @@ from scaling.cli import main
 from scaling.launch.local import latest_log
 from scaling.plan import plan
 from scaling.spec import load_sweep
-from scaling.track import TAG_ATTEMPT, Tracker, ensure_store, export_table
+from scaling.track import TAG_ATTEMPT, TAG_REASON, Tracker, ensure_store, export_table
 from scaling.train import JobRunner
 from scaling.train.checkpoint import CheckpointStore
 
@@ -67,11 +69,32 @@ def write_sweep(tmp_path: Path, name: str = "tiny", sizes: tuple[str, ...] = ("S
     return path
 
 
-def wait_for(condition, what: str, timeout: float = DEADLINE_S) -> None:
+def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout: float = DEADLINE_S) -> None:
+    """Poll `condition` until it holds; fail after `timeout` s, or at once if `proc` has exited."""
     deadline = time.monotonic() + timeout
     while not condition():
+        assert proc is None or proc.poll() is None, f"exited {proc.returncode} before {what}"
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.05)
+
+
+def scaling_process(*args: str) -> subprocess.Popen:
+    """`scaling ARGS...` in its own process group (as in a terminal), output captured."""
+    return subprocess.Popen([sys.executable, "-m", "scaling.cli", *args], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, sig: int | None = None) -> tuple[str, str]:
+    """Send `sig` to the process group of `proc` (if given) and wait for it; SIGKILL the group if it hangs."""
+    try:
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        return proc.communicate(timeout=DEADLINE_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
 
 
 def attempts(job) -> list[tuple[int, int]]:
@@ -150,3 +173,59 @@ def test_sigkill_while_writing_a_checkpoint_resumes_from_the_last_complete_one(d
     assert dict(zip(table["step"], table["train/loss"])) == ref["train/loss"]
     evaluated = table.dropna(subset=["eval/iw/laplace"])
     assert dict(zip(evaluated["step"], evaluated["eval/iw/laplace"])) == ref["eval/iw/laplace"]
+
+
+# --- 2. Ctrl-C on `scaling run` with jobs finished, running and held, then the same command again ---------
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_then_run_again_redoes_nothing_finished_and_duplicates_no_metric(drill_env, empty_store,
+                                                                                          capsys):
+    tmp_path = drill_env
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    sweep = write_sweep(tmp_path, sizes=("S", "M", "L"))
+    spec = load_sweep(sweep)
+    jobs = {j.size: j for j in plan(spec)}
+    for size in ("L", "S"):  # L and S wait at step 6 (checkpoint at 4) until stopped; M trains straight through
+        Path(jobs[size].workdir).mkdir(parents=True)
+        (Path(jobs[size].workdir) / "hold").write_text("6")
+
+    cli = scaling_process("run", str(sweep), "--no-fit", "--max-parallel", "3")
+    try:
+        wait_for(lambda: (Path(jobs["M"].workdir) / "result.json").exists() and progress(jobs["L"]) == 6
+                 and progress(jobs["S"]) == 6, "M to finish while L and S wait at step 6", cli)
+    finally:
+        out, err = finish(cli, signal.SIGINT)  # Ctrl-C in the terminal: SIGINT to the whole process group
+    assert cli.returncode == 130, err[-3000:]
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    tracker = Tracker(spec.tracking.uri, spec.experiment)
+    before = tracker.summaries()
+    assert before[jobs["M"].run_id].status == "FINISHED"
+    for size in ("L", "S"):
+        assert before[jobs[size].run_id].status == "KILLED" and before[jobs[size].run_id].step == 6
+        assert "stopped by SIG" in before[jobs[size].run_id].reason
+        assert CheckpointStore(Path(jobs[size].workdir) / "checkpoints").steps() == [6, 4]
+    assert main(["status", str(sweep)]) == 0
+    status = capsys.readouterr().out
+    assert f"{jobs['M'].run_id}  FINISHED" in status and f"{jobs['L'].run_id}  KILLED" in status
+    m_attempts, m_logs = attempts(jobs["M"]), sorted(latest_log(jobs["M"]).parent.iterdir())
+
+    # the same command again: M is not started, L and S resume at step 6 in their own MLflow runs
+    for size in ("L", "S"):
+        (Path(jobs[size].workdir) / "hold").unlink()
+    assert main(["run", str(sweep), "--no-fit"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"{j.run_id}  FINISHED  12/12" in out for j in jobs.values())
+    assert attempts(jobs["M"]) == m_attempts and len(m_attempts) == 1  # no new training of M
+    assert sorted(latest_log(jobs["M"]).parent.iterdir()) == m_logs  # ... not even a new process
+    client = MlflowClient(spec.tracking.uri)
+    for size, job in jobs.items():
+        (run,) = tracker.find_runs(job.run_id)
+        assert run.info.run_id == before[job.run_id].mlflow_run_id and run.info.status == "FINISHED"
+        assert TAG_REASON not in run.data.tags
+        assert run.data.tags[TAG_ATTEMPT] == ("1" if size == "M" else "2")
+        assert [step for _, step in attempts(job)] == ([0] if size == "M" else [0, 6])
+        for key, steps in histories(client, run).items():  # stopped at a checkpoint: no step logged twice
+            assert steps == list(range(1, 13)), (job.run_id, key)
+    table = export_table(spec.tracking.uri, spec.experiment)
+    assert len(table) == 3 * 12 and not table.duplicated(["run_id", "step"]).any()
+    assert set(table["status"]) == {"FINISHED"}
