@@ -376,7 +376,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         from scaling.spec import load_sweep
 
         spec = load_sweep(args.sweep)
-        table = load_table(args.table or Path("runs") / spec.name / "table.csv")
+        table = load_table(args.table or Path(spec.launch.workdir) / spec.name / "table.csv")  # where `run` wrote it
         jobs = {j.size: j for j in plan(spec)}
         plan_kw = {"name": args.name or spec.name, "laws": spec.fit.laws, "x": spec.fit.x,
                    "holdout": spec.fit.holdout, "primary": spec.metric}

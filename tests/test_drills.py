@@ -8,6 +8,7 @@ tests/test_drills_inputs.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -53,7 +54,7 @@ def drill_env(tmp_path, monkeypatch):
 def write_sweep(tmp_path: Path, name: str = "tiny", sizes: tuple[str, ...] = ("S", "M", "L"),
                 trainer: str | None = "tests.drill_jobs:held", store: Path | None = None, fit: dict | None = None,
                 **train) -> Path:
-    """A tiny sweep file: jobs in tmp_path/runs, MLflow in `store` (default tmp_path/mlflow.db)."""
+    """A tiny sweep file: jobs in tmp_path/work, MLflow in `store` (default tmp_path/mlflow.db)."""
     data = tiny_sweep_dict(name=name)
     all_sizes = {**data["model"]["sizes"], "XL": {"depth": 2, "width": 48, "heads": 2, "patch": 4}}
     data["model"] = {"sizes": {k: all_sizes[k] for k in sizes}}
@@ -61,7 +62,7 @@ def write_sweep(tmp_path: Path, name: str = "tiny", sizes: tuple[str, ...] = ("S
         data["trainer"] = trainer
     data["train"] = {**data["train"], "budget": 12, "ckpt_every": 4, "eval_every": 4, **train}
     data["fit"] = fit or {"laws": ["power"], "holdout": [], "bootstrap": 20}
-    data["launch"] = {"workdir": str(tmp_path / "runs"), "max_parallel": 2,
+    data["launch"] = {"workdir": str(tmp_path / "work"), "max_parallel": 2,
                       "resources": {"default": {"time_min": 10}}}
     data["tracking"] = {"uri": f"sqlite:///{store or tmp_path / 'mlflow.db'}"}
     path = tmp_path / f"{name}.yaml"
@@ -95,6 +96,16 @@ def finish(proc: subprocess.Popen, sig: int | None = None) -> tuple[str, str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         raise
+
+
+def span(jobs) -> tuple[float, float]:
+    """When the first of `jobs` started (submitit's first log line) and the last one finished (result.json)."""
+    starts = []
+    for job in jobs:
+        for out in (Path(job.workdir) / "logs").glob("*_log.out"):
+            stamp = out.read_text().split("(", 1)[1].split(")", 1)[0]  # submitit INFO (2026-11-22 01:18:07,371) - ...
+            starts.append(time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")))
+    return min(starts), max((Path(j.workdir) / "result.json").stat().st_mtime for j in jobs)
 
 
 def attempts(job) -> list[tuple[int, int]]:
@@ -229,3 +240,45 @@ def test_ctrl_c_on_a_sweep_then_run_again_redoes_nothing_finished_and_duplicates
     table = export_table(spec.tracking.uri, spec.experiment)
     assert len(table) == 3 * 12 and not table.duplicated(["run_id", "step"]).any()
     assert set(table["status"]) == {"FINISHED"}
+
+
+# --- 3. two sweeps at once into one MLflow store ------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_into_one_new_store_stay_separate(drill_env, capsys):
+    tmp_path = drill_env
+    store = tmp_path / "shared" / "mlflow.db"  # does not exist yet: both create it at the same moment
+    sweeps = {name: write_sweep(tmp_path, name=name, sizes=("S", "M"), store=store, budget=8)
+              for name in ("alpha", "beta")}
+    procs = {name: scaling_process("run", str(path), "--no-fit") for name, path in sweeps.items()}
+    outputs = {name: finish(proc) for name, proc in procs.items()}
+    for name, proc in procs.items():
+        assert proc.returncode == 0, outputs[name][1][-3000:]
+    specs = {name: load_sweep(path) for name, path in sweeps.items()}
+    jobs = {name: plan(spec) for name, spec in specs.items()}
+    logs = [text for out, err in outputs.values() for text in (out, err)]
+    logs += [p.read_text() for js in jobs.values() for j in js for p in (Path(j.workdir) / "logs").glob("*_log.*")]
+    for text in logs:
+        assert "database is locked" not in text and "Traceback" not in text and "OperationalError" not in text
+
+    alpha, beta = (span(js) for js in jobs.values())
+    assert alpha[0] < beta[1] and beta[0] < alpha[1]  # the two sweeps trained at the same time
+
+    client = MlflowClient(f"sqlite:///{store}")
+    assert {e.name for e in client.search_experiments()} >= {"alpha", "beta"}
+    for name, spec in specs.items():
+        own = {j.run_id for j in jobs[name]}
+        runs = Tracker(spec.tracking.uri, spec.experiment).find_runs()
+        assert {r.data.tags["scaling.run_id"] for r in runs} == own and len(runs) == 2
+        assert {r.data.tags["scaling.sweep"] for r in runs} == {name}
+        assert all(r.info.status == "FINISHED" for r in runs)
+        assert main(["export", str(sweeps[name])]) == 0
+        assert "16 rows, 2 runs" in capsys.readouterr().out  # 2 sizes x 8 steps: its own runs only
+        table = export_table(spec.tracking.uri, spec.experiment)
+        assert set(table["run_id"]) == own and set(table["sweep"]) == {name}
+        assert main(["fit", str(sweeps[name]), "--no-curves"]) == 0  # reads work/<sweep>/table.csv
+        capsys.readouterr()
+        fits = sorted((tmp_path / "fits" / name).glob("*.json"))
+        assert [f.name for f in fits] == ["iw-laplace__power__params.json"]
+        points = json.loads(fits[0].read_text())["points"]
+        assert {p["run_id"] for p in points} == own
