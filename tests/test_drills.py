@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -282,3 +283,39 @@ def test_two_sweeps_at_once_into_one_new_store_stay_separate(drill_env, capsys):
         assert [f.name for f in fits] == ["iw-laplace__power__params.json"]
         points = json.loads(fits[0].read_text())["points"]
         assert {p["run_id"] for p in points} == own
+
+
+# --- 5. a NaN in one size of a sweep --------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_nan_fails_its_job_by_name_and_the_fit_goes_on_without_that_size(drill_env, empty_store, capsys):
+    tmp_path = drill_env
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    sweep = write_sweep(tmp_path, sizes=("S", "M", "L", "XL"), trainer=None, budget=6, ckpt_every=3, eval_every=3,
+                        log_every=1, optimizer={"grad_clip": None},
+                        fit={"laws": ["power"], "holdout": ["XL"], "bootstrap": 20})
+    data = yaml.safe_load(sweep.read_text())
+    data["model"]["sizes"]["M"]["lr"] = 1e30  # the built-in trainer, M only: its loss overflows at step 2
+    sweep.write_text(yaml.safe_dump(data))
+    spec = load_sweep(sweep)
+    jobs = {j.size: j for j in plan(spec)}
+
+    assert main(["run", str(sweep)]) == 1  # a job failed; the table, fits and report are made all the same
+    out = capsys.readouterr().out
+    for size in ("S", "L", "XL"):
+        assert re.search(rf"{jobs[size].run_id} +FINISHED +6/6", out)
+    assert re.search(rf"{jobs['M'].run_id} +FAILED", out)
+    reason = re.search(rf"{jobs['M'].run_id}: (.*)", out).group(1)
+    assert re.search(r"TrainError: size M \(.*\): the training loss is (nan|inf) at step 2\b", reason), reason
+    (run,) = Tracker(spec.tracking.uri, spec.experiment).find_runs(jobs["M"].run_id)
+    assert run.info.status == "FAILED" and "at step 2" in run.data.tags[TAG_REASON]
+
+    fit = json.loads((tmp_path / "fits" / "tiny" / "iw-laplace__power__params.json").read_text())
+    assert fit["sizes"] == ["S", "L"]
+    (xl,) = fit["holdout"]  # XL predicted from S and L, and compared with the XL that ran
+    assert xl["label"] == "XL" and xl["actual"] > 0 and xl["runs"] == [jobs["XL"].run_id]
+    missing = [w for w in fit["warnings"] if w.startswith("size M is missing from the fit")]
+    assert missing and f"{jobs['M'].run_id}: status FAILED" in missing[0]
+    assert "warning: size M is missing from the fit" in out
+    assert (tmp_path / "reports" / "tiny" / "index.html").exists()
+    assert "M has no evaluated run" in out  # the report says so too

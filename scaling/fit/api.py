@@ -246,6 +246,12 @@ def fit_size_law(table: pd.DataFrame, law: str | Law, metric: str, x_cols: list[
     for h in holdout:
         if not any(t.label == h or t.label.startswith(f"{h} ") for t in targets):
             warn.append(f"held-out size {h} has no usable run and no planned inputs: nothing to predict")
+    missing: dict[str, list[str]] = {}
+    for e in excluded:  # a size all of whose runs were left out (failed, no value): say so by its name
+        if e["size"] not in set(pts["_size"]):
+            missing.setdefault(e["size"], []).append(f"{e['run_id']}: {e['reason']}")
+    for size, why in missing.items():
+        warn.append(f"size {size} is missing from the fit ({'; '.join(why)})")
     if loso:
         for size in dict.fromkeys(pts["_size"]):
             rest = pts[pts["_size"] != size]

@@ -108,9 +108,12 @@ def size_points(df: pd.DataFrame, metric: str, x_cols: list[str], cols: Columns,
     excluded: list[dict] = []
     has = t[metric].notna()
     for run in sorted(set(t["_run"]) - set(t.loc[has, "_run"])):
-        rows = t.loc[t["_run"] == run, "_row"].tolist()
-        excluded.append({"run_id": run, "size": str(t.loc[t["_run"] == run, "_size"].iloc[0]),
-                         "reason": f"no value of {metric} (NaN or empty) in rows {rows[:10]}"})
+        of_run = t[t["_run"] == run]
+        status = str(of_run["_status"].iloc[-1])
+        state = "" if status == FINISHED else f"status {status} at step {of_run['_step'].max():g}, "
+        rows = of_run["_row"].tolist()[:10]
+        excluded.append({"run_id": run, "size": str(of_run["_size"].iloc[0]),
+                         "reason": f"{state}no value of {metric} (NaN or empty) in rows {rows}"})
     last = t[has].sort_values(["_run", "_step", "_row"]).groupby("_run", sort=False).tail(1)
     if not include_unfinished:
         unfinished = last["_status"] != FINISHED
