@@ -11,12 +11,13 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from scaling.errors import FitError
+from scaling.fit.plain import from_plain
 from scaling.laws import get_law
 
 SCHEMA_VERSION = 1
@@ -165,25 +166,26 @@ class FitResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> FitResult:
+        """The result a fit file holds; FitError naming the first key that is missing, unknown or of a wrong
+        type or value (e.g. parameters that are not those of the law)."""
+        if not isinstance(d, dict):
+            raise FitError(f"a fit file holds a JSON object, not {type(d).__name__}")
         version = d.get("schema_version")
         if version != SCHEMA_VERSION:
             raise FitError(f"fit file has schema_version {version!r}; this scaling reads {SCHEMA_VERSION}")
-        d = dict(d)
-        d["params"] = tuple(ParamEstimate(**_tuples(p, "interval")) for p in d["params"])
-        d["points"] = tuple(Point(**p) for p in d["points"])
-        for key in ("holdout", "leave_one_size_out"):
-            d[key] = tuple(Prediction(**_tuples(p, "interval", "runs")) for p in d.get(key, ()))
-        b = dict(d["bootstrap"])
-        b["samples"] = tuple(tuple(s) for s in b.get("samples", ()))
-        d["bootstrap"] = Bootstrap(**b)
-        d["excluded"] = tuple(d.get("excluded", ()))
-        d["warnings"] = tuple(d.get("warnings", ()))
-        d["sizes"] = tuple(d["sizes"])
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise FitError(f"fit file has unknown keys {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
+        result = from_plain(cls, d, "fit")
+        law = get_law(result.law)
+        names = [p.name for p in result.params]
+        if names != list(law.names):
+            raise FitError(f"fit.params: {names} are not the parameters of {law.name} ({', '.join(law.names)})")
+        if sorted(result.columns) != sorted(law.inputs):
+            raise FitError(f"fit.columns: {sorted(result.columns)} are not the inputs of {law.name} "
+                           f"({', '.join(law.inputs)})")
+        if not 0 < result.level < 1:
+            raise FitError(f"fit.level: {result.level} is not a confidence level between 0 and 1")
+        if any(len(s) != len(names) for s in result.bootstrap.samples):
+            raise FitError(f"fit.bootstrap.samples: every sample needs {len(names)} values ({', '.join(names)})")
+        return result
 
     @classmethod
     def from_json(cls, text: str) -> FitResult:
@@ -197,7 +199,7 @@ class FitResult:
     def read(cls, path: str | os.PathLike) -> FitResult:
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError, RecursionError, FitError) as e:
             raise FitError(f"{path}: not a readable fit file ({e})") from e
 
 
@@ -215,13 +217,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         raise
     return path
 
-
-def _tuples(d: dict, *keys: str) -> dict:
-    d = dict(d)
-    for k in keys:
-        if d.get(k) is not None:
-            d[k] = tuple(d[k])
-    return d
 
 
 def _clean(obj):

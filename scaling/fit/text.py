@@ -21,7 +21,9 @@ def prediction_line(p: Prediction, level: float) -> str:
     if p.interval is not None:
         line += f" ({level:.0%})"
     if p.actual is not None:
-        line += f", actual {_g(p.actual)}, error {100 * p.relative_error:+.2f}%"
+        line += f", actual {_g(p.actual)}"
+        if p.relative_error is not None:  # None when the file has no (finite) error
+            line += f", error {100 * p.relative_error:+.2f}%"
         if p.inside is not None:
             line += " (inside the interval)" if p.inside else " (OUTSIDE the interval)"
     return line

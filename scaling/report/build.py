@@ -25,8 +25,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from scaling.errors import FitError, ReportError
-from scaling.fit import FitResult
+from scaling.fit import SCHEMA_VERSION, FitResult
 from scaling.fit.partial import PartialPrediction
+from scaling.fit.plain import from_plain
 from scaling.report import data as D
 from scaling.report import figures as F
 from scaling.report.page import FigureOut, Page, render_html, render_markdown
@@ -77,10 +78,12 @@ class PartialFile:
     def read(cls, path: Path) -> PartialFile:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-            rows = tuple(PartialPrediction(**{**r, "interval": tuple(r["interval"]) if r.get("interval") else None})
-                         for r in d["rows"])
-            return cls(str(d["metric"]), str(d["law"]), str(d["size"]), float(d["final_step"]), rows)
-        except (OSError, ValueError, TypeError, KeyError) as e:
+            if not isinstance(d, dict):
+                raise FitError(f"expected a JSON object, got {type(d).__name__}")
+            if d.get("schema_version") != SCHEMA_VERSION:
+                raise FitError(f"schema_version {d.get('schema_version')!r}; this scaling reads {SCHEMA_VERSION}")
+            return from_plain(cls, {k: v for k, v in d.items() if k not in ("schema_version", "kind")}, "partial")
+        except (OSError, ValueError, RecursionError, FitError) as e:
             raise FitError(f"{path}: not a readable partial-prediction file ({e})") from e
 
 
@@ -220,10 +223,11 @@ def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path
     out = Path(out)
     metric = D.pick_metric(table, metric or (spec.metric if spec else None))
     D.check_table(table, metric)
+    table, notes = D.numeric_table(table, metric)
     if progress is not None and progress not in table.columns:
         raise ReportError(f"--progress {progress}: the table has no {progress!r} column")
     fits = list(fits)
-    problems = list(problems)
+    problems = [*problems, *notes]
     planned = _planned_steps(spec)
     runs = D.runs_of(table, metric, planned)
     heldout = tuple(spec.fit.holdout) if spec else tuple(dict.fromkeys(
