@@ -147,13 +147,18 @@ def _printer(stream=sys.stderr):
     return show
 
 
+def one_line(error: Exception) -> str:
+    """An error's message on one line (messages of pandas, pyarrow or YAML may span several)."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
 def _then(argv: list[str]) -> int:
     """Run another subcommand (fit, report) as part of `scaling run`: its error is printed, not raised."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ScalingError as e:
-        print(f"{argv[0]}: error: {e}", file=sys.stderr)
+        print(f"{argv[0]}: error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
 
 
@@ -549,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except ScalingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)

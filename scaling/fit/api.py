@@ -286,7 +286,7 @@ def fit_curve(table: pd.DataFrame, law: str | Law, metric: str, size: str, *, x_
     what = f"{metric} of size {size} over {x_col}"
     if pts.empty:
         raise FitError(f"{what}: no rows with a value (sizes in the table: "
-                       f"{', '.join(sorted(set(table[cols.size].astype(str)))) if cols.size in table else '?'})")
+                       f"{', '.join(sorted({str(v) for v in table[cols.size]})) if cols.size in table else '?'})")
     X = pts[[x_col]].to_numpy(dtype=float).T
     y = pts[metric].to_numpy(dtype=float)
     check_fittable(law, X, [x_col], what)

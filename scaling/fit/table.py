@@ -42,7 +42,7 @@ class Columns:
 
 
 def load_table(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """The tidy table from a CSV path (or a DataFrame, returned as is).
+    """The tidy table from a CSV path, or Parquet for a `.parquet` name (or a DataFrame, returned as is).
 
     The one place a table is read: `scaling fit` calls it with `runs/<sweep>/table.csv` or `--table`.
     """
@@ -52,9 +52,10 @@ def load_table(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
     if not path.is_file():
         raise FitError(f"table {path} not found; export one with `scaling export SWEEP.yaml` or pass --table CSV")
     try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise FitError(f"table {path} is not a readable CSV: {e}") from e
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (ValueError, OSError, ImportError) as e:  # pandas' parser errors and pyarrow's are ValueErrors
+        kind = "Parquet file" if path.suffix == ".parquet" else "CSV"
+        raise FitError(f"table {path} is not a readable {kind}: {e}") from e
     if df.empty:
         raise FitError(f"table {path} has no rows")
     return df
@@ -72,16 +73,23 @@ def normalized(df: pd.DataFrame, cols: Columns) -> pd.DataFrame:
     """A copy with `_run`, `_size`, `_step`, `_status`, `_row` filled in even when the table lacks them."""
     out = df.copy()
     out["_row"] = np.arange(len(df))
-    out["_run"] = df[cols.run].astype(str) if cols.run in df else "row" + out["_row"].astype(str)
+    rows = "row" + out["_row"].astype(str)
+    out["_run"] = _text(df[cols.run], rows) if cols.run in df else rows  # no run id: the row is its own run
     if cols.size in df:
-        out["_size"] = df[cols.size].astype(str)
+        out["_size"] = _text(df[cols.size], "?")
     elif cols.params in df:
-        out["_size"] = df[cols.params].map(lambda v: f"{v:.4g}")
+        out["_size"] = df[cols.params].map(lambda v: f"{v:.4g}" if isinstance(v, (int, float)) else str(v))
     else:
         out["_size"] = out["_run"]
     out["_step"] = pd.to_numeric(df[cols.step], errors="coerce") if cols.step in df else out["_row"]
-    out["_status"] = df[cols.status].astype(str).str.upper() if cols.status in df else FINISHED
+    out["_status"] = _text(df[cols.status], "MISSING").str.upper() if cols.status in df else FINISHED
     return out
+
+
+def _text(column: pd.Series, missing: str | pd.Series) -> pd.Series:
+    """A column as Python strings, empty cells replaced by `missing` (pandas' `astype(str)` keeps NaN)."""
+    text = pd.Series([str(v) for v in column], index=column.index, dtype=object)
+    return text.where(column.notna(), missing)
 
 
 def _check_values(df: pd.DataFrame, column: str, what: str) -> None:
@@ -130,6 +138,7 @@ def size_points(df: pd.DataFrame, metric: str, x_cols: list[str], cols: Columns,
     _check_values(last, metric, "metric")
     for c in x_cols:
         _check_values(last, c, "x")
+        last[c] = pd.to_numeric(last[c])  # checked: numbers, whatever type the file gave the column
     last = last.sort_values([x_cols[0], "_run"], kind="stable")
     return last.reset_index(drop=True), excluded
 
@@ -153,6 +162,7 @@ def curve_points(df: pd.DataFrame, metric: str, x_cols: list[str], cols: Columns
     _check_values(t, metric, "metric")
     for c in x_cols:
         _check_values(t, c, "x")
+        t[c] = pd.to_numeric(t[c])
     return t.sort_values(["_run", "_step", "_row"]).reset_index(drop=True), excluded
 
 

@@ -28,16 +28,17 @@ DONE = "FINISHED"
 
 
 def load_table(path: str | Path) -> pd.DataFrame:
-    """Read an exported tidy table (CSV). The one place the report gets its table from a file: swap it
-    (e.g. for the MLflow export) by passing a DataFrame to `build_report` instead."""
+    """Read an exported tidy table (CSV, or Parquet for a `.parquet` name). The one place the report gets its
+    table from a file: swap it (e.g. for the MLflow export) by passing a DataFrame to `build_report` instead."""
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"table {path} not found: export the sweep first (`scaling export SWEEP.yaml`) "
                           "or give one with --table")
     try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ReportError(f"table {path} is not a readable CSV ({e})") from e
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except (ValueError, OSError, ImportError) as e:  # pandas' parser errors and pyarrow's are ValueErrors
+        kind = "Parquet file" if path.suffix == ".parquet" else "CSV"
+        raise ReportError(f"table {path} is not a readable {kind} ({e})") from e
     return table
 
 
@@ -66,6 +67,32 @@ def check_table(table: pd.DataFrame, metric: str) -> None:
                           "pass --metric, --size-col or --step-col for a table from elsewhere")
     if table[metric].notna().sum() == 0:
         raise ReportError(f"column {metric} has no values yet: no run has been evaluated (eval_every)")
+
+
+NUMERIC_PREFIXES = ("eval/", "train/", "progress/", "perf/")
+
+
+def numeric_table(table: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """The table with its number columns as numbers: `step`, `params`, `samples`, `flops` and every metric.
+
+    A cell that is not a number (text in a table from elsewhere, a damaged file) is a `ReportError` in the
+    step column (which must also be finite in every row) or the drawn metric; elsewhere it is left out with
+    a note. Returns (table, notes)."""
+    out, notes = table.copy(), []
+    columns = [c for c in out.columns if isinstance(c, str) and (c in ("step", "params", "samples", "flops", metric)
+                                                                 or c.startswith(NUMERIC_PREFIXES))]
+    for col in columns:
+        values = pd.to_numeric(out[col], errors="coerce").astype(float)
+        bad = ~np.isfinite(values) if col == "step" else values.isna() & out[col].notna()
+        if bad.any():
+            rows = ", ".join(f"row {i} ({out[col].iloc[i]!r})" for i in np.flatnonzero(bad.to_numpy())[:5])
+            if col == "step":
+                raise ReportError(f"column step must hold a finite number in every row: {rows}; fix or remove them")
+            if col == metric:
+                raise ReportError(f"column {col} has cells that are not numbers: {rows}; fix or remove them")
+            notes.append(f"column {col} has cells that are not numbers ({rows}): they are left out")
+        out[col] = values
+    return out, notes
 
 
 def iw_metrics(table: pd.DataFrame) -> list[str]:
