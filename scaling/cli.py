@@ -440,7 +440,7 @@ def _add_fit(sub) -> None:
                        description="Fit every law to every eval/iw/* metric over x (default params) on all sizes "
                                    "but the held-out one, predict it with a bootstrap interval, compare with what "
                                    "was measured; fit each size's loss curve over steps. See docs/fitting.md.")
-    p.add_argument("sweep", nargs="?", help="sweep YAML: reads runs/<sweep>/table.csv and the sweep's fit: block")
+    p.add_argument("sweep", nargs="?", help="sweep YAML: reads <launch.workdir>/<sweep>/table.csv and its fit: block")
     p.add_argument("--table", help="a tidy CSV (from `scaling export` or elsewhere) instead of the sweep's table")
     p.add_argument("--name", help="fit set name: results go to <out>/<name>/ (default: the sweep name)")
     p.add_argument("--out", default="fits", help="results folder (default: fits)")
