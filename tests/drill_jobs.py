@@ -6,10 +6,9 @@ number the trainer has reached, it waits there (checking for a stop signal), so 
 with jobs in a known state. Each attempt appends `<pid> <first step>` to `<workdir>/attempts.txt` and every
 step writes `<step>` to `<workdir>/progress.txt`.
 
-`python -m tests.drill_jobs SWEEP SIZE STEP MODE` runs one job of a sweep with the built-in trainer exactly as
-a launcher does (`JobRunner(spec, job)()`, real MLflow), and SIGKILLs itself while writing the checkpoint of
-STEP: MODE `data` after part of the checkpoint's temporary file is on disk, `sidecar` after the checkpoint
-file is in place but while its sidecar is half written.
+`python -m tests.drill_jobs SWEEP SIZE STEP` runs one job of a sweep with the built-in trainer exactly as a
+launcher does (`JobRunner(spec, job)()`, real MLflow), and SIGKILLs itself while writing the checkpoint of
+STEP, once part of the checkpoint's temporary file is on disk.
 """
 
 from __future__ import annotations
@@ -71,37 +70,24 @@ def _held(path: Path, step: int) -> bool:
         return False
 
 
-def _kill_while_saving(step: int, mode: str) -> None:
+def _kill_while_saving(step: int) -> None:
     """Make the built-in trainer SIGKILL this process while it writes the checkpoint of `step`."""
     from scaling.train import checkpoint, loop
 
-    def die() -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    original_write, original_atomic, original_save = (checkpoint._HashingWriter.write, checkpoint.atomic_write_bytes,
-                                                      loop.Trainer._save)
+    original_write, original_save = checkpoint._HashingWriter.write, loop.Trainer._save
 
     def write(self, b):  # the checkpoint's temporary file: die once part of it is on disk
         n = original_write(self, b)
         if self.bytes >= 4096:
             self._f.flush()
             os.fsync(self._f.fileno())
-            die()
+            os.kill(os.getpid(), signal.SIGKILL)
         return n
-
-    def atomic(path: Path, data: bytes) -> None:  # the sidecar: die with half of it written
-        if path.name == f"step-{step}.json":
-            path.with_name(f".{path.name}.tmp-{os.getpid()}").write_bytes(data[: len(data) // 2])
-            die()
-        original_atomic(path, data)
 
     def save(self, at: int, finished: bool = False) -> None:
         if at == step:
             self.runlog.flush()  # the steps before the kill are in the store: the relaunch logs them again
-            if mode == "data":
-                checkpoint._HashingWriter.write = write
-            else:
-                checkpoint.atomic_write_bytes = atomic
+            checkpoint._HashingWriter.write = write
         original_save(self, at, finished)
 
     loop.Trainer._save = save
@@ -112,10 +98,10 @@ def main() -> None:
     from scaling.spec import load_sweep
     from scaling.train import JobRunner
 
-    sweep, size, step, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    sweep, size, step = sys.argv[1], sys.argv[2], int(sys.argv[3])
     spec = load_sweep(sweep)
     (job,) = [j for j in plan(spec) if j.size == size]
-    _kill_while_saving(step, mode)
+    _kill_while_saving(step)
     JobRunner(spec, job)()
     raise SystemExit(f"{job.run_id} finished: the kill at step {step} never happened")
 
