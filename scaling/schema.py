@@ -29,6 +29,10 @@ def _mappingproxy(items: dict) -> types.MappingProxyType:
 copyreg.pickle(types.MappingProxyType, lambda m: (_mappingproxy, (dict(m),)))
 
 
+MAX_INT = 2**53
+"The largest integer a spec field takes (exact as a float)."
+
+
 def describe(value: Any) -> str:
     return repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
 
@@ -86,6 +90,8 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"expected an integer, got {describe(value)}", path)
+        if abs(value) > MAX_INT:  # sizes, steps and counts computed from it must stay exact as floats
+            raise SpecError(f"{value:.3g} is too large (at most {MAX_INT:.3g})", path)
         return value
     if tp is float:
         if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
