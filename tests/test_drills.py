@@ -105,7 +105,8 @@ def span(jobs) -> tuple[float, float]:
     for job in jobs:
         for out in (Path(job.workdir) / "logs").glob("*_log.out"):
             stamp = out.read_text().split("(", 1)[1].split(")", 1)[0]  # submitit INFO (2026-11-22 01:18:07,371) - ...
-            starts.append(time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")))
+            seconds, ms = stamp.split(",")
+            starts.append(time.mktime(time.strptime(seconds, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000)
     return min(starts), max((Path(j.workdir) / "result.json").stat().st_mtime for j in jobs)
 
 
