@@ -239,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folder", type=Path, default=None, help="keep the work files here (default: a temporary folder)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON to this file")
     args = p.parse_args(argv)
-    names = {n.strip() for n in (args.only or ",".join(MEASUREMENTS)).split(",") if n.strip()}
-    names -= {n.strip() for n in args.skip.split(",") if n.strip()}
-    unknown = names - set(MEASUREMENTS)
+    only = {n.strip() for n in (args.only or ",".join(MEASUREMENTS)).split(",") if n.strip()}
+    skip = {n.strip() for n in args.skip.split(",") if n.strip()}
+    unknown = (only | skip) - set(MEASUREMENTS)
+    names = only - skip
     if unknown:
         p.error(f"unknown measurement(s) {', '.join(sorted(unknown))}; valid: {', '.join(MEASUREMENTS)}")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
