@@ -34,9 +34,9 @@ from benchmarks.overhead import DEMO, ROOT
 
 MEASUREMENTS = ("demo", "overhead", "export", "fit", "report", "slurm")
 
-QUICK = {"train": {"budget": 30, "eval_every": 15, "ckpt_every": 15, "log_every": 5},
+QUICK = {"train": {"budget": 30, "eval_every": 10, "ckpt_every": 15, "log_every": 5},
          "evaluation": {"samples": 8, "lambda_step": 2.0}, "fit": {"bootstrap": 50}}
-"Overrides of the demo sweep under --quick: every code path, tiny work."
+"Overrides of the demo sweep under --quick: every code path (3 evaluations: the curve fits need them), tiny work."
 
 
 @dataclass(frozen=True)
