@@ -1,7 +1,7 @@
 """The demo sweep gives the same results on every backend: local, the dev SLURM cluster and Ray.
 
-sweeps/demo.yaml (its sizes, data, batch, optimizer, schedule, seeds, threads and laws) runs with a reduced
-step count and a smaller evaluation three times, each into its own MLflow store and workdir:
+sweeps/demo.yaml (its sizes, data, batch, optimizer, schedule, threads and laws) runs with a reduced step
+count, one seed and a smaller evaluation three times, each into its own MLflow store and workdir:
 `run_sweep` with the local launcher (`scaling run`), `scaling submit --cluster dev --wait` (a separate
 process, while the others run) and `run_sweep` on a local Ray with 2 CPUs. Each store is exported to the
 tidy table and the demo's laws are fitted on it (holdout XL).
@@ -10,7 +10,8 @@ On CPU with one thread per job, the same seeds (initial weights, λ/ε generator
 fixed evaluation noise, training is deterministic: the three backends must log bit-identical losses, so
 every logged loss, every final L_iw and every fitted parameter and prediction is compared exactly. A
 difference means that a backend changed the training (threads, seeds, data or configuration), which is
-what this test is for; there is no seed noise to allow for.
+what this test is for; there is no seed noise to allow for. (Measured: size L trained 30 steps with 2
+threads instead of 1 already logs different losses, in the 8th digit, so an exact comparison sees it.)
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ pytestmark = [
 ]
 
 STEPS = 30
-REDUCED = {"train": {"budget": STEPS, "eval_every": STEPS // 2, "ckpt_every": STEPS // 2, "log_every": 5},
-           "evaluation": {"samples": 16, "lambda_step": 1.0}, "fit": {"bootstrap": 100}}
-"The demo with 30 steps (warm-up and cosine decay; evaluations at 15 and 30), 16 held-out images x 21 levels."
+REDUCED = {"train": {"budget": STEPS, "eval_every": STEPS // 2, "ckpt_every": STEPS // 2, "log_every": 5,
+                     "seeds": [0]},
+           "evaluation": {"samples": 8, "lambda_step": 1.0}, "fit": {"bootstrap": 100}}
+"""The demo with 30 steps (warm-up and cosine decay; evaluations at 15 and 30), its first seed only, and
+8 held-out images x 21 levels: 4 jobs per backend."""
 
 LAUNCH = {
     "local": {"backend": "local"},
