@@ -1,8 +1,9 @@
 """How noisy is the importance-weighted loss? Prints the figures issue #3 asks for.
 
-1. Trains the sweep's sizes (default S and M of sweeps/demo.yaml) for the sweep's step budget with a minimal
-   loop (AdamW, warm-up + cosine, grad clip, the sweep's sampler and prediction; one process per size,
-   `train.threads` threads each). Trained weights are cached under --cache, keyed by the sources and sweep.
+1. Trains the sweep's sizes (default S and M of sweeps/demo.yaml) for the sweep's step budget with the bare
+   loop of benchmarks/overhead.py (the built-in trainer's model, data, AdamW, schedule and noise, nothing else;
+   one process per size, `train.threads` threads each). Trained weights are cached under --cache, keyed by
+   the sources and sweep.
 2. Evaluates L_iw of each model on the fixed held-out set with --seeds different evaluation noise seeds:
    the std across seeds vs the gap between the sizes (target: std <= gap / 10).
    Also the same figures for cheaper evaluations (fewer images, coarser grid) with their overhead.
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import multiprocessing as mp
@@ -26,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.overhead import bare_loop
 from scaling import diffusion, evaluate
-from scaling.data import TrainStream, heldout
+from scaling.data import heldout
 from scaling.models import build_model
+from scaling.plan import plan
 from scaling.sizes import size_info
 from scaling.spec import Spec, load_sweep
 from scaling.weightings import iw_from_levels, weight_np
@@ -36,44 +40,16 @@ from scaling.weightings import iw_from_levels, weight_np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def lr_at(step: int, spec: Spec, steps: int) -> float:
-    """Linear warm-up then cosine (or constant) decay to min_lr_ratio·lr: a pure function of the step."""
-    sch, lr = spec.train.schedule, spec.train.optimizer.lr
-    if step < sch.warmup_steps:
-        return lr * (step + 1) / sch.warmup_steps
-    if sch.name == "constant":
-        return lr
-    frac = (step - sch.warmup_steps) / max(1, steps - sch.warmup_steps)
-    decay = 0.5 * (1 + math.cos(math.pi * frac)) if sch.name == "cosine" else 1 - frac
-    return lr * (sch.min_lr_ratio + (1 - sch.min_lr_ratio) * decay)
-
-
 def train_size(args: tuple[str, str, int, str]) -> tuple[str, float, float]:
-    """Train one size; save its state dict to `out`. Returns (size, seconds, last mean train loss)."""
+    """Train one size with the bare loop of benchmarks/overhead.py (the built-in trainer's training, nothing
+    else); save its state dict to `out`. Returns (size, seconds, last mean train loss)."""
     sweep, size, steps, out = args
     spec = load_sweep(sweep)
-    torch.set_num_threads(spec.train.threads or 1)
-    torch.manual_seed(spec.train.seeds[0])
-    model = build_model(spec.model.sizes[size], spec.model, spec.data.image_size, spec.data.channels)
-    opt = spec.train.optimizer
-    optim = torch.optim.AdamW(model.parameters(), lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
-    stream = TrainStream(spec.data, spec.train.batch_size)
-    gen = torch.Generator().manual_seed(spec.train.seeds[0])
-    conditional = spec.model.num_classes > 0
-    t0, recent = time.time(), []
-    for step in range(steps):
-        for group in optim.param_groups:
-            group["lr"] = lr_at(step, spec, steps)
-        x, y = next(stream)
-        loss = diffusion.training_loss(model, x, y if conditional else None, gen, spec.diffusion)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        if opt.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opt.grad_clip)
-        optim.step()
-        recent = (recent + [loss.item()])[-50:]
+    job = next(j for j in plan(spec) if j.size == size and j.seed == spec.train.seeds[0]
+               and j.budget == spec.train.budget[0])
+    model, losses, _, seconds = bare_loop(spec, dataclasses.replace(job, steps=steps))
     torch.save(model.state_dict(), out)
-    return size, time.time() - t0, float(np.mean(recent))
+    return size, seconds, float(np.mean(losses[-50:]))
 
 
 def load_model(spec: Spec, size: str, path: Path) -> torch.nn.Module:
@@ -138,8 +114,9 @@ def main() -> None:
     budget = spec.train.budget[0]
     steps = args.steps or (int(budget.value) if budget.kind == "steps" else 600)
     digest = hashlib.sha256(spec.sha256.encode())
-    for name in ("shapes.py", "data.py", "diffusion.py", "weightings.py", "models.py"):
+    for name in ("shapes.py", "data.py", "diffusion.py", "weightings.py", "models.py", "train/schedule.py"):
         digest.update((ROOT / "scaling" / name).read_bytes())
+    digest.update((ROOT / "benchmarks" / "overhead.py").read_bytes())
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     paths = {s: cache / f"{spec.name}-{s}-{steps}-{digest.hexdigest()[:12]}.pt" for s in sizes}

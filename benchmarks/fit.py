@@ -40,6 +40,34 @@ def chinchilla_points(n: int = 250, seed: int = 0):
     return np.stack([N, D]), y
 
 
+def scaling_fit(argv: list[str]) -> tuple[float, int]:
+    """Wall seconds of `scaling fit ARGV` in this process (imports done beforehand), and its exit status."""
+    import contextlib
+    import io
+
+    import scaling.fit  # noqa: F401  (scipy, pandas: imported before timing)
+    from scaling.cli import build_parser
+
+    args = build_parser().parse_args(["fit", *argv])
+    with contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        code = args.func(args)
+        return time.perf_counter() - start, code
+
+
+def demo_fit(sweep: str, table: str, out: str, resamples: int = 1000) -> dict[str, float]:
+    """The demo's fits on a table of its runs: the primary metric with the sweep's laws, holdout and `resamples`
+    bootstrap resamples (`primary_s`), and the whole `scaling fit` (every weighting and the loss curves of
+    every size, `all_s`); `exit` is 2 when some fit could not be made (it says which on its output)."""
+    from scaling.spec import load_sweep
+
+    spec = load_sweep(sweep)
+    base = [sweep, "--table", table, "--out", out, "--bootstrap", str(resamples)]
+    primary, code = scaling_fit([*base, "--metric", spec.metric, "--no-curves"])
+    every, code_all = scaling_fit(base)
+    return {"primary_s": primary, "all_s": every, "laws": len(spec.fit.laws), "exit": code or code_all}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--resamples", type=int, default=1000)

@@ -31,7 +31,9 @@ from tests import report_synth as rs  # noqa: E402
 TARGET_S = 10.0
 
 
-def main() -> int:
+def measure(repeat: int = 3, echo=None) -> dict:
+    """Times of `scaling report` in a fresh process (`cold`) and of `build_report` in this one (`warm`), each
+    `repeat` times, with their CPU seconds; also the size of index.html and the figure files."""
     spec = load_sweep(rs.DEMO)
     table = rs.demo_table()
     with tempfile.TemporaryDirectory() as tmp:
@@ -39,13 +41,14 @@ def main() -> int:
         table.to_csv(tmp / "table.csv", index=False)
         rs.write_fits(rs.demo_fits(table), tmp / "fits" / "demo")
         levels = sum(c.startswith("eval/level/") for c in table.columns)
-        print(f"table: {len(table)} rows ({table['run_id'].nunique()} runs x {table['step'].nunique()} steps), "
-              f"{levels} levels, {sum(c.startswith('eval/iw/') for c in table.columns)} weightings; "
-              f"{len(list((tmp / 'fits' / 'demo').glob('*.json')))} fit files")
+        if echo:
+            echo(f"table: {len(table)} rows ({table['run_id'].nunique()} runs x {table['step'].nunique()} steps), "
+                 f"{levels} levels, {sum(c.startswith('eval/iw/') for c in table.columns)} weightings; "
+                 f"{len(list((tmp / 'fits' / 'demo').glob('*.json')))} fit files")
 
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cold, cold_cpu = [], []
-        for i in range(3):
+        for i in range(repeat):
             start = time.perf_counter()
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run([sys.executable, "-m", "scaling.cli", "report", str(rs.DEMO), "--table", "table.csv",
@@ -57,7 +60,7 @@ def main() -> int:
 
         fits, _, _ = load_fits([tmp / "fits" / "demo"])
         warm, warm_cpu = [], []
-        for i in range(3):
+        for i in range(repeat):
             start, cpu = time.perf_counter(), time.process_time()
             build_report(table, fits, tmp / "reports" / f"warm{i}", spec=spec)
             warm.append(time.perf_counter() - start)
@@ -65,15 +68,21 @@ def main() -> int:
         out = tmp / "reports" / "warm0"
         size_kb = (out / "index.html").stat().st_size / 1024
         files = sorted(p.name for p in (out / "figures").iterdir())
+    return {"cold": cold, "cold_cpu": cold_cpu, "warm": warm, "warm_cpu": warm_cpu, "size_kb": size_kb,
+            "files": files}
 
-    print(f"`scaling report` in a fresh process: median {statistics.median(cold):.2f} s "
+
+def main() -> int:
+    r = measure(echo=print)
+    cold, warm, med = r["cold"], r["warm"], statistics.median
+    print(f"`scaling report` in a fresh process: median {med(cold):.2f} s "
           f"(runs: {', '.join(f'{t:.2f}' for t in cold)}; target < {TARGET_S:.0f} s); "
-          f"CPU time median {statistics.median(cold_cpu):.2f} s")
-    print(f"build_report in-process (figures + pages): median {statistics.median(warm):.2f} s "
-          f"(runs: {', '.join(f'{t:.2f}' for t in warm)}); CPU time median {statistics.median(warm_cpu):.2f} s")
+          f"CPU time median {med(r['cold_cpu']):.2f} s")
+    print(f"build_report in-process (figures + pages): median {med(warm):.2f} s "
+          f"(runs: {', '.join(f'{t:.2f}' for t in warm)}); CPU time median {med(r['warm_cpu']):.2f} s")
     print(f"load average (1 min) during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"index.html {size_kb:.0f} KiB (self-contained); figures: {' '.join(files)}")
-    return 0 if statistics.median(cold) < TARGET_S else 1
+    print(f"index.html {r['size_kb']:.0f} KiB (self-contained); figures: {' '.join(r['files'])}")
+    return 0 if med(cold) < TARGET_S else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
     PYTHONPATH=. python benchmarks/track.py overhead --steps 400
 
 export: a sqlite store with 100 runs x 1,000 steps x 5 metrics is built once with `log_batch` (1,000 metrics
-per call; kept in --store and reused), then `export_table` is timed (target: under 5 s).
+per call; kept in --store and reused), then what `scaling export` does (`export_table`, CSV written) is timed
+(target: under 5 s).
 
 overhead: the demo sweep's smallest (fastest) size S trains real steps (batch 64, 1 thread, forward +
 backward + AdamW) while a `RunLog` logs what the trainer logs at the demo's cadence (6 metrics every
@@ -28,7 +29,7 @@ STEPS, RUNS, METRICS = 1000, 100, ("train/loss", "eval/iw/laplace", "eval/iw/uni
                                    "progress/flops")
 
 
-def build_store(uri: str) -> None:
+def build_store(uri: str, runs: int = RUNS, steps: int = STEPS) -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param, RunTag
 
@@ -37,14 +38,14 @@ def build_store(uri: str) -> None:
     tracker = Tracker(uri, "bench")
     client = MlflowClient(uri)
     started = time.perf_counter()
-    for r in range(RUNS):
-        rid = f"bench-R{r:03d}-1000steps-s0"
+    for r in range(runs):
+        rid = f"bench-R{r:03d}-{steps}steps-s0"
         run = client.create_run(tracker.experiment_id, run_name=rid)
         mid = run.info.run_id
         client.log_batch(mid, params=[Param("job.params", str(1000 * (r + 1)))],
                          tags=[RunTag("scaling.run_id", rid), RunTag("scaling.size", f"R{r:03d}")])
         ts = int(time.time() * 1000)
-        points = [Metric(key, 1.0 / (step + 1) + k + r, ts + step, step) for step in range(STEPS)
+        points = [Metric(key, 1.0 / (step + 1) + k + r, ts + step, step) for step in range(steps)
                   for k, key in enumerate(METRICS)]
         for i in range(0, len(points), 1000):
             client.log_batch(mid, metrics=points[i:i + 1000])
@@ -53,27 +54,51 @@ def build_store(uri: str) -> None:
             print(f"  built {r + 1} runs in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
+def synthetic_store(folder: Path, runs: int = RUNS, steps: int = STEPS) -> str:
+    """The URI of a sqlite store with `runs` runs x `steps` steps x 5 metrics (experiment `bench`), built once
+    with `log_batch` and kept in `folder` (the default size as export.db)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = "export.db" if (runs, steps) == (RUNS, STEPS) else f"export-{runs}x{steps}.db"
+    uri = f"sqlite:///{folder / name}"
+    if not (folder / f"{name}.done").exists():
+        (folder / name).unlink(missing_ok=True)
+        print(f"building {runs} runs x {steps} steps x {len(METRICS)} metrics with log_batch ...", file=sys.stderr)
+        t = time.perf_counter()
+        build_store(uri, runs, steps)
+        print(f"store built in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        (folder / f"{name}.done").touch()
+    return uri
+
+
+def time_export(uri: str, experiment: str, repeat: int = 3, out: Path | None = None):
+    """What `scaling export` does (the SQL reader's tidy table, written as CSV), `repeat` times.
+
+    Returns (the table, seconds of each repeat)."""
+    import tempfile
+
+    from scaling.export import write_table
+    from scaling.track import export_table
+
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat):
+            t = time.perf_counter()
+            table = export_table(uri, experiment, reader="sql")
+            write_table(table, out or Path(tmp) / "table.csv")
+            times.append(time.perf_counter() - t)
+    return table, times
+
+
 def bench_export(store: Path, client_too: bool) -> None:
     from scaling.track import export_table
 
-    store.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{store / 'export.db'}"
-    if not (store / "export.db.done").exists():
-        (store / "export.db").unlink(missing_ok=True)
-        print(f"building {RUNS} runs x {STEPS} steps x {len(METRICS)} metrics with log_batch ...", file=sys.stderr)
-        t = time.perf_counter()
-        build_store(uri)
-        print(f"store built in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-        (store / "export.db.done").touch()
-    times = []
-    for _ in range(3):
-        t = time.perf_counter()
-        table = export_table(uri, "bench", reader="sql")
-        times.append(time.perf_counter() - t)
+    uri = synthetic_store(store)
+    table, times = time_export(uri, "bench")
     assert len(table) == RUNS * STEPS and table["run_id"].nunique() == RUNS, table.shape
     assert table[list(METRICS[:3])].notna().all().all()
-    print(f"export (SQL reader) of {RUNS} runs x {STEPS} steps x {len(METRICS)} metrics: "
-          f"best {min(times):.2f} s, median {statistics.median(times):.2f} s ({len(table)} rows) [target < 5 s]")
+    print(f"export (SQL reader, + CSV) of {RUNS} runs x {STEPS} steps x {len(METRICS)} metrics: "
+          f"best {min(times):.2f} s, median {statistics.median(times):.2f} s ({len(table)} rows, "
+          f"{len(table) / min(times):,.0f} rows/s) [target < 5 s]")
     if client_too:
         t = time.perf_counter()
         slow = export_table(uri, "bench", reader="client")

@@ -219,7 +219,7 @@ class TrainSpec:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     "auto: bf16 autocast on GPU, fp32 on CPU."
     compile: bool = False
-    "torch.compile the model (GPU only; it does not pay off on CPU)."
+    "torch.compile the model on GPU (on CPU only with SCALING_COMPILE_BACKEND set; it does not pay off there)."
     seeds: tuple[int, ...] = (0,)
     "One job per seed and size."
     eval_every: int = 100
@@ -355,6 +355,9 @@ class FitSpec:
     "Metric fitted (default: eval/iw/<evaluation.primary>)."
     bootstrap: int = 1000
     "Bootstrap resamples for the intervals."
+    target_error: float | None = None
+    ("The accuracy the sweep aims for: the report states, for each size law, whether it predicted each held-out "
+     "size within this relative error (0.02 = 2%) with the actual value inside the interval.")
 
 
 @dataclass(frozen=True)
@@ -439,6 +442,9 @@ def _check(spec: Spec) -> None:
     for key, number in positive.items():
         if number <= 0:
             raise SpecError(f"must be positive, got {number}", key)
+    if spec.fit.target_error is not None and not 0 < spec.fit.target_error < 1:
+        raise SpecError(f"must be a relative error between 0 and 1 (0.02 = 2%), got {spec.fit.target_error}",
+                        "fit.target_error")
     if spec.evaluation.lambda_max <= spec.evaluation.lambda_min:
         raise SpecError("lambda_max must be greater than lambda_min", "evaluation.lambda_max")
     if spec.data.source in ("npz", "folder") and not spec.data.path:

@@ -437,3 +437,32 @@ def test_index_html_renders_in_headless_chromium_with_every_image_and_no_console
     assert result["tables"] == 4  # runs, parameters, backtest, fit warnings
     console = [line for line in proc.stderr.splitlines() if "CONSOLE" in line]
     assert console == []
+
+
+def test_target_verdict_follows_each_backtest(fits):
+    """fit.target_error: one line per size law and held-out size, met only when the error is within the
+    target and the actual lies inside the interval; the line states the error and where the actual fell."""
+    from scaling.report.style import pct
+    from scaling.report.tables import target_lines
+
+    assert target_lines(fits, "eval/iw/laplace", None) == []
+    laws = [f for f in fits if f.metric == "eval/iw/laplace" and D.curve_size(f) is None and f.holdout]
+    assert laws
+    for target in (1e-6, 0.5):
+        lines = target_lines(fits, "eval/iw/laplace", target)
+        assert len(lines) == sum(len(f.holdout) for f in laws)
+        for f, line in zip(laws, lines):
+            h = f.holdout[0]
+            met = abs(h.relative_error) <= target and h.inside is True
+            assert line.startswith(f"Target ({f.law}, {h.label} within ±{target:.1%}")
+            assert (": met (" in line) == met and (": NOT met (" in line) == (not met)
+            verdict = line.split("): ", 1)[1]
+            assert verdict.startswith(f"{'met' if met else 'NOT met'} (error {pct(h.relative_error)} is ")
+            assert ("actual inside the interval" in verdict) == (h.inside is True)
+    import dataclasses
+
+    good = dataclasses.replace(laws[0], holdout=(dataclasses.replace(laws[0].holdout[0], relative_error=-0.015,
+                                                                     inside=True),))
+    assert target_lines([good], "eval/iw/laplace", 0.02) == [
+        f"Target ({good.law}, XL within ±2.0% and inside the interval): met (error -1.5% is within ±2.0%; "
+        "actual inside the interval)."]

@@ -274,3 +274,49 @@ def test_cli_export_of_another_tools_experiment(uri, tmp_path, capsys):
     assert main(["export", "--experiment", "nope", "--uri", uri, "-o", str(out)]) == 1
     assert "no experiment 'nope'" in capsys.readouterr().err
     assert main(["export"]) == 2
+
+
+def test_a_run_opened_in_the_background_keeps_what_was_logged_before_it_opened(uri, tmp_path):
+    """OpeningRunLog (what jobs use): metrics and artifacts logged while the store is still being opened are
+    checked at once, kept in order with their own timestamps, and stored once it is open; a store that cannot
+    be opened stops the job at its next call, and finish() then does not raise a second error."""
+    from scaling.track import OpeningRunLog
+
+    gate = threading.Event()
+    tracker = Tracker(uri, "exp")
+
+    def opener():
+        gate.wait(10)
+        return tracker.open_run("bg")
+
+    run = OpeningRunLog(opener, "bg")
+    before = int(time.time() * 1000)
+    run.log(1, {"train/loss": 3.0})
+    run.log_json_artifact("grid.json", {"lambda": [0.0, 1.0]})
+    with pytest.raises(TrackError, match="not allowed"):
+        run.log(1, {"bad:name": 1.0})  # refused in the caller, before the run is open
+    time.sleep(0.05)
+    run.log(2, {"train/loss": 2.0})
+    assert not run.flush(timeout=0.2)  # still opening
+    gate.set()
+    run.log(3, {"train/loss": 1.0})
+    assert run.flush(timeout=30) and run.run_id == "bg"
+    run.finish()
+    client = MlflowClient(uri)
+    mid = tracker.find_runs("bg")[0].info.run_id
+    history = sorted(client.get_metric_history(mid, "train/loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in history] == [(1, 3.0), (2, 2.0), (3, 1.0)]
+    assert before <= history[0].timestamp < history[1].timestamp  # the time of log(), not of the open
+    assert "grid.json" in [f.path for f in client.list_artifacts(mid)]
+    assert client.get_run(mid).info.status == "FINISHED"
+
+    def broken():
+        raise TrackError("cannot open the store: disk full")
+
+    failed = OpeningRunLog(broken, "x")
+    failed._done.wait(10)
+    with pytest.raises(TrackError, match="disk full"):
+        failed.log(1, {"train/loss": 1.0})
+    with pytest.raises(TrackError, match="disk full"):
+        failed.flush()
+    failed.finish("FAILED", "TrackError: cannot open the store: disk full")  # logged, not raised

@@ -222,6 +222,19 @@ def test_mlflow_run_is_killed_then_resumed_and_finished(tmp_path, monkeypatch, m
     assert grid == {"lambda": [-10.0 + 2.0 * k for k in range(11)]}
 
 
+def test_compiled_training_matches_eager(tmp_path, caplog, monkeypatch):
+    """train.compile traces the model's forward and backward (aot_eager: the graphs inductor would compile on
+    GPU) and trains to the same loss and L_iw as eager mode."""
+    eager = JobRunner(*tiny(tmp_path / "eager", budget=4, eval_every=4), track=False)()
+    monkeypatch.setenv("SCALING_COMPILE_BACKEND", "aot_eager")
+    with caplog.at_level("INFO"):
+        result = JobRunner(*tiny(tmp_path / "compiled", compile=True, budget=4, eval_every=4), track=False)()
+    assert "torch.compile with backend aot_eager" in caplog.text
+    assert result.status == eager.status == "FINISHED"
+    for key in ("train/loss", "eval/iw/laplace"):
+        assert abs(result.metrics[key] - eager.metrics[key]) <= 1e-4 * abs(eager.metrics[key]), key
+
+
 def test_bf16_autocast_path_runs_on_cpu(tmp_path, caplog):
     """precision: bf16 (what `auto` picks on CUDA) trains through torch.autocast; compile is ignored on CPU."""
     spec, job = tiny(tmp_path, precision="bf16", compile=True, budget=4, eval_every=4)

@@ -101,6 +101,9 @@ class LocalLauncher(Launcher):
             handle = Handle(job, "", log_dir(job), native=_Slot())
             self._queue.append(handle)
             handles.append(handle)
+        # Longest job first: the largest size runs beside all the smaller ones instead of last and alone
+        # (demo: 2 min of training instead of 3 with two slots).
+        self._queue.sort(key=lambda h: -h.job.total_flops)
         self._fill()
         return handles
 

@@ -127,17 +127,16 @@ class RayLauncher(Launcher):
     def submit(self, jobs: Sequence[Job]) -> list[Handle]:
         done = self.finished(jobs)
         todo = [j for j in jobs if j.run_id not in done]
-        handles = []
         if todo:
             self.connect(todo)
+        started = {}
+        for job in sorted(todo, key=lambda j: -j.total_flops):  # largest first: it runs beside the small ones
+            attempt = self._start(job, 1)
+            started[job.run_id] = Handle(job, attempt.backend_id, log_dir(job), native=attempt)
         for job in jobs:
             if job.run_id in done:
                 log.info("%s is FINISHED: skipped", job.run_id)
-                handles.append(Handle(job, "", log_dir(job), skipped=True))
-                continue
-            attempt = self._start(job, 1)
-            handles.append(Handle(job, attempt.backend_id, log_dir(job), native=attempt))
-        return handles
+        return [started.get(j.run_id) or Handle(j, "", log_dir(j), skipped=True) for j in jobs]
 
     def _start(self, job: Job, number: int) -> _Attempt:
         job = replace(job, workdir=str(Path(job.workdir).resolve()))  # workers may run in other folders

@@ -39,6 +39,7 @@ from scaling.report.tables import (
     partial_headline,
     partial_table,
     runs_table,
+    target_lines,
     warnings_table,
 )
 from scaling.spec import EvalSpec, Spec
@@ -265,7 +266,8 @@ def build_report(table: pd.DataFrame, fits: Sequence[FitResult], out: str | Path
         title=title or f"Scaling report: {name} ({short_metric(metric)})",
         description=spec.description.strip() if spec else "",
         status=tuple(status), problems=tuple(problems),
-        headline=tuple(headline(fits, metric, heldout) + partial_headline(partials, metric)),
+        headline=tuple(target_lines(fits, metric, spec.fit.target_error if spec else None)
+                       + headline(fits, metric, heldout) + partial_headline(partials, metric)),
         figures=tuple(rendered),
         tables=(runs_table(runs, table, metric, uri), params_table(fits), backtest_table(fits),
                 *([partial_table(partials)] if partials else []), warnings_table(fits)),

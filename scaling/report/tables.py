@@ -123,6 +123,28 @@ def headline(fits: Sequence[FitResult], metric: str, heldout: Sequence[str] = ()
     return lines
 
 
+def target_lines(fits: Sequence[FitResult], metric: str, target: float | None) -> list[str]:
+    """For each size law of the main metric and each held-out size with an actual value: whether the
+    prediction met the sweep's `fit.target_error` (error within it and the actual inside the interval)."""
+    if target is None:
+        return []
+    lines = []
+    for f in fits:
+        if f.metric != metric or curve_size(f) is not None:
+            continue
+        for h in f.holdout:
+            if h.actual is None or h.relative_error is None:
+                continue
+            close = abs(h.relative_error) <= target
+            inside = bool(h.inside) if h.inside is not None else None
+            met = close and inside is True
+            why = [f"error {pct(h.relative_error)} is {'within' if close else 'outside'} ±{target:.1%}"]
+            why.append("no interval" if inside is None else f"actual {'inside' if inside else 'outside'} the interval")
+            lines.append(f"Target ({f.law}, {h.label} within ±{target:.1%} and inside the interval): "
+                         f"{'met' if met else 'NOT met'} ({'; '.join(why)}).")
+    return lines
+
+
 def partial_headline(partials: Sequence, metric: str) -> list[str]:
     """One sentence per running size predicted from its partial curve: the latest prediction."""
     lines = []

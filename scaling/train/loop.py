@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from typing import Any
@@ -49,6 +50,21 @@ def precision_dtype(spec: Spec, device: torch.device) -> torch.dtype | None:
     return None
 
 
+COMPILE_BACKEND = "SCALING_COMPILE_BACKEND"
+"Environment variable naming a torch.compile backend (e.g. `aot_eager`): then compile applies on CPU too."
+
+
+def compiled(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`torch.compile(net)` (inductor) on GPU. On CPU only with SCALING_COMPILE_BACKEND set (it does not pay
+    off there; the tests use `aot_eager` to trace the forward and backward of the model and DDP wrapper)."""
+    backend = os.environ.get(COMPILE_BACKEND)
+    if device.type != "cuda" and not backend:
+        log.info("train.compile is ignored on CPU (it does not pay off there)")
+        return net
+    log.info("torch.compile with backend %s", backend or "inductor")
+    return torch.compile(net, backend=backend or "inductor")
+
+
 class Trainer:
     """Trains one job to `job.steps` (resuming from its latest checkpoint) and returns a `JobResult`."""
 
@@ -80,12 +96,7 @@ class Trainer:
         net: torch.nn.Module = self.model
         if self.env.distributed:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if spec.train.compile:
-            if self.device.type == "cuda":
-                net = torch.compile(net)
-            else:
-                log.info("train.compile is ignored on CPU (it does not pay off there)")
-        self.net = net
+        self.net = compiled(net, self.device) if spec.train.compile else net
         self.evaluator = None
         if self.env.is_main:
             ev = spec.evaluation
