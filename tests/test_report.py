@@ -378,6 +378,26 @@ def test_foreign_table_columns_and_mlflow_links(tmp_path, table):
         report_from_files(table=tmp_path / "t.csv", out=tmp_path / "r", size_col="nope")
 
 
+def test_tables_from_elsewhere_real_results_without_size_run_or_complete_step_columns(tmp_path):
+    """Published results (tests/data): sizes named from params as `scaling fit` names them; a --step-col
+    replaces a `step` column; rows without a step are a clean error naming --step-col."""
+    from scaling.fit.table import Columns, normalized
+    from scaling.report import report_from_files
+
+    data = Path(__file__).parent / "data"
+    openlm = data / "openlm-overtraining" / "c4_original.csv"  # name, params, tokens, loss_c4_val: no size, step
+    result = report_from_files(table=openlm, out=tmp_path / "openlm", metric="loss_c4_val", step_col="tokens")
+    fit_sizes = set(normalized(pd.read_csv(openlm), Columns(run="name"))["_size"])
+    assert fit_sizes == {"1.057e+07", "7.891e+07", "1.537e+08", "4.116e+08", "1.44e+09", "6.889e+09"}
+    runs_table = (result.out / "report.md").read_text(encoding="utf-8").split("## Runs", 1)[1]
+    assert all(f"| {size} | {size} |" in runs_table for size in fit_sizes)  # run id and size: one run per size
+    olmo = data / "olmo-ladder" / "final_checkpoints.csv"  # its 7B row has no step
+    with pytest.raises(ReportError, match=r"step has rows without a number \(runs 7B-4T-anneal\).*--step-col"):
+        report_from_files(table=olmo, out=tmp_path / "olmo", metric="c4_en")
+    result = report_from_files(table=olmo, out=tmp_path / "olmo", metric="c4_en", step_col="tokens")
+    assert "| 7B-4T-anneal | 7B |" in (result.out / "report.md").read_text(encoding="utf-8")
+
+
 def test_cli_report_in_a_process_that_never_imports_torch_submitit_or_mlflow(tmp_path, table, fits):
     table.drop(columns=D.level_columns(table)).to_csv(tmp_path / "table.csv", index=False)  # small: fast
     rs.write_fits(fits[:3], tmp_path / "fits" / "demo")

@@ -44,13 +44,19 @@ def load_table(path: str | Path) -> pd.DataFrame:
 
 def rename_columns(table: pd.DataFrame, size_col: str | None = None, params_col: str | None = None,
                    step_col: str | None = None) -> pd.DataFrame:
-    """A table from elsewhere with its own column names -> the tidy names (`--size-col` and friends)."""
+    """A table from elsewhere with its own column names -> the tidy names (`--size-col` and friends).
+
+    A renamed column replaces one that already has the tidy name. Without a size column, sizes are named
+    from `params` as `scaling fit` names them (`1.44e+09`); without a run id column, each size is one run."""
     mapping = {src: dst for src, dst in ((size_col, "size"), (params_col, "params"), (step_col, "step")) if src}
     missing = [src for src in mapping if src not in table.columns]
     if missing:
         columns = ", ".join(map(str, table.columns))
         raise ReportError(f"column(s) {', '.join(missing)} not in the table; columns: {columns}")
-    table = table.rename(columns=mapping)
+    replaced = [dst for src, dst in mapping.items() if dst in table.columns and dst != src]
+    table = table.drop(columns=replaced).rename(columns=mapping)  # `--step-col tokens` wins over a `step` column
+    if "size" not in table.columns and "params" in table.columns:  # sizes named as `scaling fit` names them
+        table = table.assign(size=pd.to_numeric(table["params"], errors="coerce").map(lambda v: f"{v:.4g}"))
     if "run_id" not in table.columns and "size" in table.columns:  # one run per size in a foreign table
         table = table.assign(run_id=table["size"].astype(str))
     return table
@@ -67,6 +73,11 @@ def check_table(table: pd.DataFrame, metric: str) -> None:
                           "pass --metric, --size-col or --step-col for a table from elsewhere")
     if table[metric].notna().sum() == 0:
         raise ReportError(f"column {metric} has no values yet: no run has been evaluated (eval_every)")
+    step = pd.to_numeric(table["step"], errors="coerce")
+    if step.isna().any():
+        bad = table.loc[step.isna(), "run_id"].astype(str).unique()
+        raise ReportError(f"column step has rows without a number (runs {', '.join(bad[:5])}): give --step-col "
+                          "a column that every row has (e.g. tokens or samples), or fill it in")
 
 
 NUMERIC_PREFIXES = ("eval/", "train/", "progress/", "perf/")
