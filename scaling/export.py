@@ -9,7 +9,8 @@ Two readers give the same raw records (run, key, step, value, timestamp, sequenc
 After any number of restarts a (run, metric, step) may have been logged several times: the last logged
 value (latest timestamp, then insertion order) is kept. Runs logged by other training code are read too:
 the size and parameter-count columns are looked up by name among each run's tags, then params, then
-metrics.
+metrics. A run whose trainer recorded its own parameter count (`ctx.set_params`, the tag
+`scaling.params`) gets that count instead of the planner's `job.params`.
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ def tidy(runs: pd.DataFrame, attrs: pd.DataFrame, raw: pd.DataFrame, experiment:
     sweep = _lookup(attrs, last, uuids, "scaling.sweep")
     meta["sweep"] = sweep.fillna(experiment)
     meta["size"] = _lookup(attrs, last, uuids, size_col)
-    meta["params"] = pd.to_numeric(_lookup(attrs, last, uuids, params_col), errors="coerce")
+    params = _lookup(attrs, last, uuids, params_col)
+    if params_col == "job.params":  # an own trainer's count (ctx.set_params) wins over the planner's
+        own = attrs[(attrs["kind"] == "tag") & (attrs["key"] == "scaling.params")].set_index("run_uuid")["value"]
+        params.loc[own.index.intersection(params.index)] = own
+    meta["params"] = pd.to_numeric(params, errors="coerce")
     meta["budget"] = _lookup(attrs, last, uuids, "scaling.budget")
     meta["seed"] = pd.to_numeric(_lookup(attrs, last, uuids, "scaling.seed"), errors="coerce").astype("Int64")
     meta["status"] = runs.set_index("run_uuid")["status"]

@@ -303,6 +303,13 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+def test_the_primary_metric_is_fitted_even_when_it_is_not_an_iw_column(tmp_path):
+    """An own trainer's `fit.metric: val/loss` (the primary) is fitted, and first; iw columns still are."""
+    t = tidy_table().rename(columns={"eval/iw/uniform": "val/loss"})
+    out = fit_table(t, FitPlan(name="own", laws=("power",), primary="val/loss", opts=FAST, curves=False), tmp_path)
+    assert [r.metric for _, r in out.results] == ["val/loss", "eval/iw/laplace"] and not out.errors
+
+
 def test_fit_table_for_a_table_from_elsewhere(tmp_path):
     t = pd.DataFrame({"model": ["a", "b", "c", "d"], "N": [1e7, 3e7, 1e8, 3e8], "val": [3.1, 2.9, 2.7, 2.6]})
     from scaling.fit import Columns

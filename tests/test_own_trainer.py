@@ -67,12 +67,14 @@ def test_docs_example_trains_stops_and_resumes_exactly(tmp_path, monkeypatch):
 
 def test_trainer_errors_are_clear(tmp_path, monkeypatch):
     (tmp_path / "bad_trainer.py").write_text(
-        "def train(ctx):\n    ctx.save({'x': 1})\n\ndef nan(ctx):\n    ctx.log(3, {'train/loss': float('nan')})\n")
+        "def train(ctx):\n    ctx.save({'x': 1})\n\ndef nan(ctx):\n    ctx.log(3, {'train/loss': float('nan')})\n"
+        "\ndef count(ctx):\n    ctx.set_params(2.5)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     cases = [("missing_module_xyz:train", "cannot import trainer module 'missing_module_xyz'"),
              ("bad_trainer:nope", "module 'bad_trainer' has no function 'nope'"),
              ("bad_trainer:train", r"needs the step"),
-             ("bad_trainer:nan", r"size S: metric train/loss is nan at step 3")]
+             ("bad_trainer:nan", r"size S: metric train/loss is nan at step 3"),
+             ("bad_trainer:count", r"ctx.set_params needs a positive whole number of parameters, got 2.5")]
     for target, message in cases:
         runner = JobRunner(*tiny(tmp_path / target.replace(":", "_"), trainer=target), track=False)
         try:

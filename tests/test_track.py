@@ -261,6 +261,19 @@ def test_metrics_reach_the_store_while_the_job_runs(uri):
     run.finish()
 
 
+def test_an_own_trainers_parameter_count_wins_over_the_planners(uri):
+    """`ctx.set_params(n)` tags the run `scaling.params`; the export's `params` is that count."""
+    tracker = Tracker(uri, "exp")
+    for run_id, own in (("mine", 97), ("planned", None)):
+        run = tracker.open_run(run_id, tags={"scaling.size": "S"}, params={"job.params": 4892})
+        if own is not None:
+            run.set_tag("scaling.params", own)
+        run.log(1, {"val/loss": 0.5})
+        run.finish()
+    table = export_table(uri, "exp")
+    assert dict(zip(table["run_id"], table["params"])) == {"mine": 97, "planned": 4892}
+
+
 def test_cli_export_of_another_tools_experiment(uri, tmp_path, capsys):
     from scaling.cli import main
 

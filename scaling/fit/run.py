@@ -76,6 +76,8 @@ def largest_size(table: pd.DataFrame, cols: Columns, x: str) -> str:
 def fit_table(table: pd.DataFrame, plan: FitPlan, out_dir: str | os.PathLike = "fits") -> FitOutcome:
     """Fit, write one JSON per (metric, law, axis) under `<out_dir>/<plan.name>/`, return what was done."""
     metrics = plan.metrics or iw_metrics(table)
+    if not plan.metrics and plan.primary in table.columns and plan.primary not in metrics:
+        metrics = (plan.primary, *metrics)  # e.g. `fit.metric: val/loss` of an own trainer
     if not metrics:
         raise FitError(f"no {IW_PREFIX}* column with values in the table; name the metric with --metric "
                        f"(columns: {', '.join(map(str, table.columns))})")

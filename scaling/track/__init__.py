@@ -28,6 +28,7 @@ from scaling.track.store import (
     TAG_ATTEMPT,
     TAG_BUDGET,
     TAG_GIT,
+    TAG_PARAMS,
     TAG_REASON,
     TAG_RUN_ID,
     TAG_SEED,
@@ -46,7 +47,7 @@ from scaling.track.store import (
     sqlite_path,
 )
 
-__all__ = ["MAX_BATCH", "PARAM_PARAMS", "STATUSES", "TAG_ATTEMPT", "TAG_BUDGET", "TAG_GIT", "TAG_REASON",
+__all__ = ["MAX_BATCH", "PARAM_PARAMS", "STATUSES", "TAG_ATTEMPT", "TAG_BUDGET", "TAG_GIT", "TAG_PARAMS", "TAG_REASON",
            "TAG_RUN_ID", "TAG_SEED", "TAG_SIZE", "TAG_SWEEP", "TAG_SWEEP_SHA", "UI_ADDRESS", "OpeningRunLog", "RunLog",
            "RunSummary", "Tracker", "ensure_store", "export_table", "git_commit", "job_params", "job_tags",
            "log_artifact_file",

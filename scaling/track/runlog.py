@@ -82,6 +82,11 @@ class RunLog:
             self._items.append(("artifact", name, obj))
             self._cond.notify_all()
 
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a tag of the run now (retried while the store is unreachable; for rare calls, not per step)."""
+        client, mid = self.tracker.client, self.mlflow_run_id
+        _retry(lambda: client.set_tag(mid, key, str(value)), f"tagging {key} of {self.run_id}")
+
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is stored; False if `timeout` seconds passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -306,6 +311,10 @@ class OpeningRunLog:
                 self._held.append(("artifact", name, obj))
                 return
         self._run.log_json_artifact(name, obj)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a tag of the run once it is open (waits for it)."""
+        self.opened().set_tag(key, value)
 
     def opened(self, timeout: float | None = None) -> RunLog:
         """The open `RunLog` (waiting for it); the error of opening if that failed."""

@@ -32,6 +32,8 @@ TAG_ATTEMPT = "scaling.attempt"
 TAG_SWEEP_SHA = "scaling.sweep_sha256"
 TAG_GIT = "mlflow.source.git.commit"
 PARAM_PARAMS = "job.params"
+TAG_PARAMS = "scaling.params"
+"Parameter count set by an own trainer (`ctx.set_params`); the export prefers it to `job.params`."
 "Param holding a run's exact parameter count (the `params` column of the table)."
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch

@@ -60,6 +60,7 @@ class MemoryRunLog:
     def __init__(self) -> None:
         self.history: list[tuple[int, dict[str, float]]] = []
         self.artifacts: dict[str, Any] = {}
+        self.tags: dict[str, str] = {}
         self.status: str | None = None
         self.reason: str | None = None
 
@@ -68,6 +69,9 @@ class MemoryRunLog:
 
     def log_json_artifact(self, name: str, obj: Any) -> None:
         self.artifacts[name] = obj
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.tags[key] = str(value)
 
     def flush(self, timeout: float | None = None) -> bool:
         return True
@@ -119,6 +123,17 @@ class TrainContext:
         self.step = int(step)
         if self.dist.is_main:
             self._store.save(dict(state), int(step))
+
+    def set_params(self, count: int) -> None:
+        """Record your model's parameter count (rank 0; call once, e.g. after building the model).
+
+        It becomes the run's tag `scaling.params`, which `scaling export` (and so `scaling run`'s fit and
+        report) uses for the `params` column instead of the planner's count of the built-in DiT."""
+        if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+            raise TrainError(f"ctx.set_params needs a positive whole number of parameters, got {count!r} "
+                             "(e.g. sum(p.numel() for p in model.parameters()))")
+        if self.dist.is_main:
+            self._runlog.set_tag("scaling.params", count)
 
     def should_stop(self) -> bool:
         """True once a stop signal arrived: save, then return from the trainer (a relaunch resumes)."""
