@@ -398,6 +398,27 @@ def test_tables_from_elsewhere_real_results_without_size_run_or_complete_step_co
     assert "| 7B-4T-anneal | 7B |" in (result.out / "report.md").read_text(encoding="utf-8")
 
 
+def test_a_law_fitted_over_a_renamed_params_column_is_drawn(tmp_path):
+    """`scaling fit --params-col n_params` fits over `n_params`; the report (`--params-col n_params`) draws
+    that law over its `params` axis, with the held-out prediction (OpenLM's compute-optimal C4 runs)."""
+    from scaling.fit import Columns, FitOptions, FitPlan, fit_table
+
+    t = pd.read_csv(Path(__file__).parent / "data" / "openlm-overtraining" / "c4_original.csv")
+    t = t[t["chinchilla_multiplier"] == 1.0].rename(columns={"params": "n_params", "loss_c4_val": "loss"})
+    t = t.assign(model=t["n_params"].map(lambda n: f"{n / 1e6:.0f}M"))[["model", "n_params", "tokens", "loss"]]
+    out = fit_table(t, FitPlan(name="co", laws=("power_offset",), metrics=("loss",), curves=False,
+                               cols=Columns(size="model", params="n_params"), opts=FitOptions(bootstrap=50)), tmp_path)
+    ((_, fit),) = out.results
+    assert fit.columns == {"x": "n_params"} and fit.holdout[0].label == "6889M"
+    table = D.rename_columns(t, "model", "n_params", "tokens")
+    (renamed,) = D.rename_fit_columns([fit], "model", "n_params", "tokens")
+    assert renamed.columns == {"x": "params"} and set(renamed.points[0].x) == {"params"}
+    a = plot_loss_vs_params(D.runs_of(table, "loss"), [renamed], metric="loss", ax=ax())
+    texts = legend_texts(a)
+    assert f"power_offset: {fit.formula}" in texts and any(x.startswith("power_offset predicts 6889M") for x in texts)
+    assert "no fit found" not in a.get_title()
+
+
 def test_cli_report_in_a_process_that_never_imports_torch_submitit_or_mlflow(tmp_path, table, fits):
     table.drop(columns=D.level_columns(table)).to_csv(tmp_path / "table.csv", index=False)  # small: fast
     rs.write_fits(fits[:3], tmp_path / "fits" / "demo")

@@ -37,7 +37,7 @@ class FitPlan:
     primary: str | None = None
     "Metric whose loss curves over steps are fitted (default: the first metric)."
     x: str = "params"
-    "x of the size law (laws of one input)."
+    "x of the size law (laws of one input); `params` means `cols.params` when the table has no `params` column."
     x2: str | None = None
     "Second input of two-input laws (chinchilla's D, kaplan_ns's S); default: samples if present, else step."
     holdout: tuple[str, ...] | None = None
@@ -82,7 +82,10 @@ def fit_table(table: pd.DataFrame, plan: FitPlan, out_dir: str | os.PathLike = "
         raise FitError(f"no {IW_PREFIX}* column with values in the table; name the metric with --metric "
                        f"(columns: {', '.join(map(str, table.columns))})")
     primary = plan.primary or metrics[0]
-    holdout = list(plan.holdout) if plan.holdout is not None else [largest_size(table, plan.cols, plan.x)]
+    x = plan.x
+    if x == "params" and x not in table.columns and plan.cols.params in table.columns:
+        x = plan.cols.params  # `--params-col n_params` names the x of the size law too
+    holdout = list(plan.holdout) if plan.holdout is not None else [largest_size(table, plan.cols, x)]
     x2 = plan.x2 or ("samples" if "samples" in table.columns else plan.cols.step)
     folder = Path(out_dir) / plan.name
     results, errors = [], []
@@ -99,7 +102,7 @@ def fit_table(table: pd.DataFrame, plan: FitPlan, out_dir: str | os.PathLike = "
     for metric in metrics:
         for law_name in plan.laws:
             law = get_law(law_name)
-            x_cols = [plan.x] if len(law.inputs) == 1 else [plan.x, x2]
+            x_cols = [x] if len(law.inputs) == 1 else [x, x2]
             axis = x_cols[0] if len(x_cols) == 1 else "-".join(x_cols)
             targets = [_with_x2(t, x_cols) for t in plan.targets]
             attempt(fit_filename(metric, law_name, axis), lambda law_name=law_name, x_cols=x_cols, targets=targets,

@@ -343,6 +343,7 @@ def report_from_files(sweep: str | Path | None = None, table: str | Path | None 
     table_path, fit_paths, out_path = report_paths(spec, table, fits, out)
     frame = D.rename_columns((loader or D.load_table)(table_path), size_col, params_col, step_col)
     results, partials, problems = load_fits(fit_paths)
+    results = D.rename_fit_columns(results, size_col, params_col, step_col)
     return build_report(frame, results, out_path, spec=spec, partials=partials, metric=metric, problems=problems,
                         mlflow_uri=mlflow_uri,
                         progress=progress)

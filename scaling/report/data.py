@@ -62,6 +62,26 @@ def rename_columns(table: pd.DataFrame, size_col: str | None = None, params_col:
     return table
 
 
+def rename_fit_columns(fits: list, size_col: str | None = None, params_col: str | None = None,
+                       step_col: str | None = None) -> list:
+    """The fits with their input columns renamed as `rename_columns` renamed the table's, so that a law
+    fitted over `n_params` (`scaling fit --params-col n_params`) is drawn over the table's `params`."""
+    import dataclasses
+
+    mapping = {src: dst for src, dst in ((size_col, "size"), (params_col, "params"), (step_col, "step")) if src}
+    if not mapping:
+        return list(fits)
+
+    def keys(x: dict) -> dict:
+        return {mapping.get(k, k): v for k, v in x.items()}
+
+    def each(items: tuple) -> tuple:
+        return tuple(dataclasses.replace(i, x=keys(i.x)) for i in items)
+
+    return [dataclasses.replace(f, columns={k: mapping.get(v, v) for k, v in f.columns.items()}, points=each(f.points),
+                                holdout=each(f.holdout), leave_one_size_out=each(f.leave_one_size_out)) for f in fits]
+
+
 def check_table(table: pd.DataFrame, metric: str) -> None:
     """Raise `ReportError` naming what is missing, so that a bad table never becomes an empty report."""
     if table.empty:
