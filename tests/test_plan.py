@@ -16,7 +16,8 @@ def test_replanning_gives_the_same_ids():
     first, second = plan(spec), plan(load_sweep(REPO / "sweeps" / "demo.yaml"))
     assert [j.run_id for j in first] == [j.run_id for j in second]
     assert first == second
-    assert [j.run_id for j in first] == [f"demo-{s}-{first[0].budget.label}-s0" for s in ("S", "M", "L", "XL")]
+    assert [j.run_id for j in first] == [f"demo-{s}-{first[0].budget.label}-s{seed}"
+                                         for s in ("S", "M", "L", "XL") for seed in spec.train.seeds]
 
 
 def test_ids_cover_sizes_budgets_and_seeds():

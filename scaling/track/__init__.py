@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from scaling.errors import TrackError
-from scaling.track.runlog import OpeningRunLog, RunLog, log_artifact_file
+from scaling.track.runlog import RunLog, log_artifact_file
 from scaling.track.store import (
     MAX_BATCH,
     PARAM_PARAMS,
@@ -48,7 +48,7 @@ from scaling.track.store import (
 )
 
 __all__ = ["MAX_BATCH", "PARAM_PARAMS", "STATUSES", "TAG_ATTEMPT", "TAG_BUDGET", "TAG_GIT", "TAG_PARAMS", "TAG_REASON",
-           "TAG_RUN_ID", "TAG_SEED", "TAG_SIZE", "TAG_SWEEP", "TAG_SWEEP_SHA", "UI_ADDRESS", "OpeningRunLog", "RunLog",
+           "TAG_RUN_ID", "TAG_SEED", "TAG_SIZE", "TAG_SWEEP", "TAG_SWEEP_SHA", "UI_ADDRESS", "RunLog",
            "RunSummary", "Tracker", "ensure_store", "export_table", "git_commit", "job_params", "job_tags",
            "log_artifact_file",
            "read_client", "resolve_uri", "sqlite_path"]

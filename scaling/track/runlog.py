@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -255,91 +254,3 @@ def log_artifact_file(tracker: Tracker, mlflow_run_id: str, path: str | Path, ar
     """Upload a file as an artifact of a run (with retries)."""
     _retry(lambda: tracker.client.log_artifact(mlflow_run_id, str(path), artifact_path), f"uploading {path}")
 
-
-class OpeningRunLog:
-    """A `RunLog` opened by a background thread: the job trains while mlflow is imported and the store, the
-    run and its params are set up (~2 s a process here, a few % of a demo job; on a GPU node it is hidden).
-
-    Until the run is open, `log` and `log_json_artifact` are checked and kept in order (with the time of the
-    call); `flush`, `finish` and the run's attributes wait for it. If opening fails, the next call raises
-    that error, so a job with an unusable store stops within one logging interval."""
-
-    def __init__(self, opener: Callable[[], RunLog], name: str = "run"):
-        self._lock = threading.Lock()
-        self._held: list[tuple] = []
-        self._run: RunLog | None = None
-        self._error: BaseException | None = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._open, args=(opener,), name=f"mlflow-open-{name}", daemon=True)
-        self._thread.start()
-
-    def _open(self, opener: Callable[[], RunLog]) -> None:
-        try:
-            run = opener()
-        except BaseException as e:  # noqa: BLE001 - handed to the training thread at its next call
-            self._error = e
-        else:
-            with self._lock:
-                for item in self._held:
-                    if item[0] == "metrics":
-                        run.queue(*item[1:])
-                    else:
-                        run.log_json_artifact(*item[1:])
-                self._held = []
-                self._run = run
-        finally:
-            self._done.set()
-
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        self._raise()
-        pairs = checked_metrics(step, metrics)
-        with self._lock:
-            if self._run is None:
-                self._held.append(("metrics", int(step), pairs, int(time.time() * 1000)))
-                return
-        self._run.queue(int(step), pairs, int(time.time() * 1000))
-
-    def log_json_artifact(self, name: str, obj: Any) -> None:
-        self._raise()
-        json.dumps(obj)
-        with self._lock:
-            if self._run is None:
-                self._held.append(("artifact", name, obj))
-                return
-        self._run.log_json_artifact(name, obj)
-
-    def set_tag(self, key: str, value: Any) -> None:
-        """Set a tag of the run once it is open (waits for it)."""
-        self.opened().set_tag(key, value)
-
-    def opened(self, timeout: float | None = None) -> RunLog:
-        """The open `RunLog` (waiting for it); the error of opening if that failed."""
-        if not self._done.wait(timeout):
-            raise TrackError(f"the MLflow run was not open after {timeout:.0f} s")
-        self._raise()
-        assert self._run is not None
-        return self._run
-
-    def flush(self, timeout: float | None = None) -> bool:
-        start = time.monotonic()
-        if not self._done.wait(timeout):
-            return False
-        self._raise()
-        return self.opened().flush(None if timeout is None else max(0.0, timeout - (time.monotonic() - start)))
-
-    def finish(self, status: str = "FINISHED", reason: str | None = None, timeout: float = 120.0) -> None:
-        self._done.wait()
-        if self._error is not None:  # nothing was stored: the job's error already says why
-            log.error("run not stored in MLflow (%s); it ended %s%s", self._error, status,
-                      f": {reason}" if reason else "")
-            return
-        self.opened().finish(status, reason, timeout)
-
-    def __getattr__(self, name: str) -> Any:  # run_id, mlflow_run_id, url, pending, ...: of the open run
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.opened(), name)

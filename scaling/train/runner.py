@@ -178,15 +178,11 @@ class JobRunner:
     def _open_runlog(self, env: DistEnv) -> Any:
         if not (self.track and env.is_main):
             return MemoryRunLog()
-        from scaling.track import OpeningRunLog, Tracker, job_params, job_tags
+        from scaling.track import Tracker, job_params, job_tags
 
-        tags, params = job_tags(self.spec, self.job), job_params(self.spec, self.job)
-
-        def opener():
-            return Tracker(self.spec.tracking.uri, self.spec.experiment).open_run(self.job.run_id, tags=tags,
-                                                                                   params=params)
-
-        return OpeningRunLog(opener, self.job.run_id)
+        tracker = Tracker(self.spec.tracking.uri, self.spec.experiment)
+        return tracker.open_run(self.job.run_id, tags=job_tags(self.spec, self.job),
+                                params=job_params(self.spec, self.job))
 
     def __call__(self) -> JobResult:
         if self.result_path.exists():
