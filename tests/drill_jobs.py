@@ -21,17 +21,12 @@ from pathlib import Path
 
 import torch
 
+from tests.tiny_trainer import tiny_model
+
 
 def held(ctx):
-    torch.manual_seed(ctx.job.seed)
     width = 4 * (1 + sorted(ctx.spec.model.sizes, key=lambda s: ctx.spec.model.sizes[s].width).index(ctx.job.size))
-    model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Tanh(), torch.nn.Linear(width, 4))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    step = 0
-    if ctx.resume_state is not None:
-        model.load_state_dict(ctx.resume_state["model"])
-        opt.load_state_dict(ctx.resume_state["opt"])
-        step = int(ctx.resume_state["step"])
+    model, opt, step = tiny_model(ctx, width)
     workdir = Path(ctx.job.workdir)
     with open(workdir / "attempts.txt", "a") as fh:
         fh.write(f"{os.getpid()} {step}\n")

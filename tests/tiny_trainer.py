@@ -14,11 +14,9 @@ from pathlib import Path
 import torch
 
 
-def train(ctx):
-    slow = float(os.environ.get("TINY_TRAINER_SLOW_S", "0"))
-    started = time.time()
+def tiny_model(ctx, width: int):
+    """A 4 -> width -> 4 MLP seeded by the job and its SGD, restored from the checkpoint; and the step."""
     torch.manual_seed(ctx.job.seed)
-    width = {"S": 4, "M": 8, "L": 16}.get(ctx.job.size, 4)
     model = torch.nn.Sequential(torch.nn.Linear(4, width), torch.nn.Tanh(), torch.nn.Linear(width, 4))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     step = 0
@@ -26,6 +24,13 @@ def train(ctx):
         model.load_state_dict(ctx.resume_state["model"])
         opt.load_state_dict(ctx.resume_state["opt"])
         step = int(ctx.resume_state["step"])
+    return model, opt, step
+
+
+def train(ctx):
+    slow = float(os.environ.get("TINY_TRAINER_SLOW_S", "0"))
+    started = time.time()
+    model, opt, step = tiny_model(ctx, {"S": 4, "M": 8, "L": 16}.get(ctx.job.size, 4))
     gen = torch.Generator().manual_seed(1000 + step)
     every = ctx.spec.train.ckpt_every
     try:
