@@ -7,18 +7,27 @@ sets them) run one after the other:
 (a) bare: `bare_loop` -- the same model (`build_model`, seeded as the trainer seeds it), data stream, AdamW,
     learning-rate schedule (`scaling.train.lr_at`), λ/ε generator, gradient clipping, batch and steps as the
     built-in trainer, and nothing else (no evaluation, checkpoint, logging or tracker);
-(b) job: `JobRunner(spec, job)()` -- the real job: MLflow run in a sqlite store (created beforehand, as a sweep
-    does once), logging every `log_every` steps, evaluation every `eval_every` steps, checkpoints.
+(b) job: the real job as the demo's backend (`local`) runs it. This process (the launcher) opens the job's
+    MLflow run in a sqlite store (created beforehand, as a sweep does once), the fresh process runs
+    `JobRunner(spec, job, relay=PATH)()` (logging every `log_every` steps, evaluation every `eval_every`
+    steps, checkpoints, all written to the relay file), then this process sends the relay file to the run
+    and ends it (`scaling.track.relay`). `--tracking direct` measures instead the path of SLURM and Ray
+    jobs: the job's process imports mlflow and logs to the store itself.
 
-Both are timed inside their process after the imports they share (torch, scaling); (b) includes importing
-the tracker (mlflow). Overhead = (b - a) / a, wall time (and CPU time of all threads). It is split with the
-job's own timings (`perf/*_s`) into evaluation, checkpoints, tracking (b's time outside the trainer's set-up,
-loop, evaluations and checkpoints: importing mlflow, opening and finishing the run, `log()` calls, the final
-flush, result.json) and set-up + loop (the trainer's set-up and steps minus (a): the held-out set and
-evaluator, plus timing noise). Both runs compute the same losses (checked: `same_loss`).
+Both are timed inside their process after the imports they share (torch, scaling). The job's time is the
+child's plus the launcher's time for that job (opening the run; sending the relay file and ending the run,
+done here after the job: in `scaling run` it overlaps with it) plus its share of the launcher's one-off
+import of mlflow and opening of the store (measured in a fresh process, divided by the sweep's number of
+jobs). Overhead = (b - a) / a, wall time (and CPU time of all threads). It is split with the job's own
+timings (`perf/*_s`) into evaluation, checkpoints, tracking (b's time outside the trainer's set-up, loop,
+evaluations and checkpoints: the launcher's part, relay writes or `log()` calls, result.json; with
+`direct`, importing mlflow, opening and finishing the run) and set-up + loop (the trainer's set-up and
+steps minus (a): the held-out set and evaluator, plus timing noise). Both runs compute the same losses
+(checked: `same_loss`).
 
     PYTHONPATH=$PWD python -m benchmarks.overhead                # every size of the demo, its full budget
     PYTHONPATH=$PWD python -m benchmarks.overhead --sizes S --repeat 3
+    PYTHONPATH=$PWD python -m benchmarks.overhead --tracking direct   # jobs that log to MLflow themselves
 """
 
 from __future__ import annotations
@@ -91,7 +100,14 @@ def last_window(losses: list[float], log_every: int) -> float:
 def _child(mode: str, job_file: str, out_file: str) -> None:
     """One measurement in this (fresh) process; writes its figures as JSON."""
     with open(job_file, "rb") as f:
-        spec, job = pickle.load(f)
+        spec, job, relay = pickle.load(f)
+    if mode == "launcher":  # the launcher's one-off: importing mlflow and opening the store
+        w0, c0 = time.perf_counter(), time.process_time()
+        from scaling.track import Tracker
+
+        Tracker(spec.tracking.uri, spec.experiment).summaries()
+        Path(out_file).write_text(json.dumps({"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0}))
+        return
     import scaling.train.loop  # noqa: F401  (imported by both: torch, data, models, diffusion, evaluate)
 
     w0, c0 = time.perf_counter(), time.process_time()
@@ -99,32 +115,50 @@ def _child(mode: str, job_file: str, out_file: str) -> None:
         _, losses, setup, loop = bare_loop(spec, job)
         out = {"setup_s": setup, "train_s": loop, "loss": last_window(losses, spec.train.log_every)}
     else:
-        import mlflow  # noqa: F401  (the tracker imports it lazily: part of each job's cost, timed apart)
-        from mlflow import MlflowClient  # noqa: F401
-
         from scaling.train import JobRunner
 
-        imported = time.perf_counter() - w0
-        result = JobRunner(spec, job)()
+        result = JobRunner(spec, job, relay=relay)()
         m = result.metrics
-        out = {"import_s": imported, "setup_s": m["perf/setup_s"], "train_s": m["perf/train_s"],
-               "eval_s": m["perf/eval_s"], "checkpoint_s": m["perf/checkpoint_s"], "loss": m["train/loss"],
-               "status": result.status}
+        out = {"setup_s": m["perf/setup_s"], "train_s": m["perf/train_s"], "eval_s": m["perf/eval_s"],
+               "checkpoint_s": m["perf/checkpoint_s"], "loss": m["train/loss"], "status": result.status,
+               "mlflow_imported": "mlflow" in sys.modules}
     out |= {"wall_s": time.perf_counter() - w0, "cpu_s": time.process_time() - c0}
     Path(out_file).write_text(json.dumps(out))
 
 
-def _spawn(mode: str, spec, job, folder: Path) -> dict:
+def _job(spec, job, folder: Path, tracking: str) -> dict:
+    """(b): the job as the local launcher runs it (`relay`), or logging to MLflow itself (`direct`)."""
+    if tracking == "direct":
+        return _spawn("job", spec, job, folder) | {"launcher_s": 0.0, "launcher_cpu_s": 0.0}
+    from scaling.track import Tracker, job_params, job_tags
+    from scaling.track.relay import RELAY_FILE, Relay
+
+    path = Path(job.workdir) / RELAY_FILE
+    tracker = Tracker(spec.tracking.uri, spec.experiment)
+    w0, c0 = time.perf_counter(), time.process_time()
+    runlog = tracker.open_run(job.run_id, tags=job_tags(spec, job), params=job_params(spec, job))
+    relay = Relay(path, runlog, attempt=runlog.attempt)
+    opened = time.perf_counter() - w0
+    out = _spawn("job", spec, job, folder, relay=str(path))
+    w1 = time.perf_counter()
+    relay.close("FAILED", "the job ended without its end record")
+    closed = time.perf_counter() - w1
+    return out | {"launcher_s": opened + closed, "launcher_cpu_s": time.process_time() - c0}
+
+
+def _spawn(mode: str, spec, job, folder: Path, relay: str | None = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
-    job_file, out_file = folder / f"{job.size}-{mode}.pkl", folder / f"{job.size}-{mode}.json"
-    job_file.write_bytes(pickle.dumps((spec, job)))
-    threads = str(threads_of(spec, job))
+    name = job.size if job else "sweep"
+    job_file, out_file = folder / f"{name}-{mode}.pkl", folder / f"{name}-{mode}.json"
+    job_file.write_bytes(pickle.dumps((spec, job, relay)))
+    threads = str(threads_of(spec, job) if job else 1)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     done = subprocess.run([sys.executable, "-m", "benchmarks.overhead", "--child", mode, str(job_file), str(out_file)],
                           cwd=folder, env=env, capture_output=True, text=True)
     if done.returncode:
-        raise RuntimeError(f"{mode} run of {job.run_id} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        what = job.run_id if job else spec.name
+        raise RuntimeError(f"{mode} run of {what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(out_file.read_text())
 
 
@@ -139,8 +173,9 @@ class SizeOverhead:
     bare_cpu: float
     job_wall: float
     job_cpu: float
-    import_s: float
-    "Importing the tracker (mlflow) in the job's process."
+    launcher_s: float
+    """The launcher's wall time for this job: opening its run, sending its relay file, ending the run, and its
+    share of the one-off import of mlflow and opening of the store (0 with `direct`: the job does it all)."""
     setup_s: float
     train_s: float
     eval_s: float
@@ -167,8 +202,10 @@ class SizeOverhead:
 
 
 def measure(sweep: str | Path = DEMO, overrides: dict | None = None, sizes: list[str] | None = None,
-            repeat: int = 1, folder: Path | None = None, echo=None) -> list[SizeOverhead]:
+            repeat: int = 1, folder: Path | None = None, echo=None, tracking: str = "relay") -> list[SizeOverhead]:
     """Run (a) and (b) for each size, `repeat` times in alternating order; per-size medians."""
+    if tracking not in ("relay", "direct"):
+        raise ValueError(f"tracking must be relay or direct, not {tracking!r}")
     from scaling.plan import plan
     from scaling.spec import load_sweep
     from scaling.track import ensure_store
@@ -182,6 +219,13 @@ def measure(sweep: str | Path = DEMO, overrides: dict | None = None, sizes: list
         "tracking": {"uri": uri, "experiment": f"{name}-r{k}"}})) for k in range(repeat)]
     first = specs[0]
     wanted = sizes or list(first.model.sizes)
+    share = {"wall_s": 0.0, "cpu_s": 0.0}
+    if tracking == "relay":  # the launcher's one-off, per job of the sweep
+        once = _spawn("launcher", first, None, folder / "launcher")
+        share = {k: once[k] / len(plan(first)) for k in share}
+        if echo:
+            echo(f"  launcher: importing mlflow and opening the store {once['wall_s']:.2f} s once, "
+                 f"{share['wall_s']:.2f} s per job of {len(plan(first))}")
     figures = []
     for size in wanted:
         runs: dict[str, list[dict]] = {"bare": [], "job": []}
@@ -189,12 +233,21 @@ def measure(sweep: str | Path = DEMO, overrides: dict | None = None, sizes: list
             job = next(j for j in plan(spec) if j.size == size and j.seed == spec.train.seeds[0]
                        and j.budget == spec.train.budget[0])
             for mode in (("bare", "job") if k % 2 == 0 else ("job", "bare")):
-                runs[mode].append(_spawn(mode, spec, job, folder / f"r{k}" / "overhead"))
-        med = {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0] if key != "status"}
-               for mode, rs in runs.items()}
+                where = folder / f"r{k}" / "overhead"
+                if mode == "bare":
+                    runs[mode].append(_spawn(mode, spec, job, where))
+                    continue
+                r = _job(spec, job, where, tracking)
+                if tracking == "relay" and r["mlflow_imported"]:
+                    raise RuntimeError(f"the relayed job {job.run_id} imported mlflow")
+                runs[mode].append(r | {"launcher_s": r["launcher_s"] + share["wall_s"],
+                                       "wall_s": r["wall_s"] + r["launcher_s"] + share["wall_s"],
+                                       "cpu_s": r["cpu_s"] + r["launcher_cpu_s"] + share["cpu_s"]})
+        med = {mode: {key: statistics.median(r[key] for r in rs) for key in rs[0]
+                      if key not in ("status", "mlflow_imported")} for mode, rs in runs.items()}
         b, j = med["bare"], med["job"]
         fig = SizeOverhead(size, job.params, job.steps, b["wall_s"], b["cpu_s"], j["wall_s"], j["cpu_s"],
-                           j["import_s"], j["setup_s"], j["train_s"], j["eval_s"], j["checkpoint_s"],
+                           j["launcher_s"], j["setup_s"], j["train_s"], j["eval_s"], j["checkpoint_s"],
                            all(x["loss"] == y["loss"] for x, y in zip(runs["bare"], runs["job"])))
         figures.append(fig)
         if echo:
@@ -216,19 +269,19 @@ def total(figures: list[SizeOverhead]) -> SizeOverhead:
         return sum(getattr(f, attr) for f in figures)
 
     return SizeOverhead("all", int(s("params")), int(s("steps")), s("bare_wall"), s("bare_cpu"), s("job_wall"),
-                        s("job_cpu"), s("import_s"), s("setup_s"), s("train_s"), s("eval_s"), s("checkpoint_s"),
+                        s("job_cpu"), s("launcher_s"), s("setup_s"), s("train_s"), s("eval_s"), s("checkpoint_s"),
                         all(f.same_loss for f in figures))
 
 
 def table_lines(figures: list[SizeOverhead]) -> list[str]:
     head = ["size", "params", "steps", "bare s", "job s", "overhead", "CPU ovh.", "eval", "ckpt", "tracking",
-            "set-up+loop", "mlflow import s", "same loss"]
+            "set-up+loop", "launcher s", "same loss"]
     rows = []
     for f in [*figures, total(figures)] if len(figures) > 1 else figures:
         a = f.bare_wall
         rows.append([f.size, f"{f.params:,}", str(f.steps), f"{a:.1f}", f"{f.job_wall:.1f}", f"{f.overhead:+.1%}",
                      f"{f.cpu_overhead:+.1%}", f"{f.eval_s / a:.1%}", f"{f.checkpoint_s / a:.2%}",
-                     f"{f.tracking_s / a:.1%}", f"{f.loop_s / a:+.1%}", f"{f.import_s:.1f}",
+                     f"{f.tracking_s / a:.1%}", f"{f.loop_s / a:+.1%}", f"{f.launcher_s:.2f}",
                      "yes" if f.same_loss else "NO"])
     widths = [max(len(c) for c in col) for col in zip(head, *rows)]
     return ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in [head, *rows]]
@@ -240,12 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", default=str(DEMO))
     p.add_argument("--sizes", default=None, help="comma-separated sizes (default: all of the sweep)")
     p.add_argument("--repeat", type=int, default=1, help="runs of (a) and (b) per size, in alternating order")
+    p.add_argument("--tracking", choices=("relay", "direct"), default="relay",
+                   help="relay: as the local backend runs jobs (default); direct: as SLURM and Ray jobs log")
     args = p.parse_args(argv)
     if args.child:
         _child(*args.child)
         return 0
     figures = measure(args.sweep, sizes=args.sizes.split(",") if args.sizes else None, repeat=args.repeat,
-                      echo=print)
+                      echo=print, tracking=args.tracking)
     print("\n".join(table_lines(figures)))
     print("overhead = (job - bare) / bare wall time; eval, ckpt, tracking, set-up+loop: its parts, over bare")
     return 0

@@ -4,6 +4,12 @@ At most `launch.max_parallel` jobs run at once (submitit's local executor has no
 launcher starts queued jobs as others end). Each job's stdout/stderr go to `<workdir>/<sweep>/<run id>/logs/`
 (`<pid>_0_log.out` / `.err`, one pair per attempt). A failed job does not stop the others.
 
+Tracking: the launcher opens each job's MLflow run before starting it and sends what the job logs, which
+the job appends to `<workdir>/relay.jsonl` (`scaling.track.relay`): a job process never imports mlflow
+(~2 s of CPU a job). A thread of the launcher sends the files every `relay_s` seconds while the launcher
+lives; the launcher sets the run's final status when it sees the job's process end (`wait`). A launcher
+that exits first leaves the files, and the next launch of those jobs sends them.
+
 Stopping: Ctrl-C (or `cancel`) sends SIGTERM to the running jobs, which save a checkpoint at the next step
 boundary and end KILLED; relaunching resumes them. The job controllers ignore SIGINT so that a Ctrl-C in
 the terminal never kills a job before its checkpoint.
@@ -37,6 +43,8 @@ class _Slot:
     sjob: Any = None
     started: float | None = None
     result: Any = None
+    relay: Any = None
+    "The `Relay` sending the job's relay file to its MLflow run, while the job runs."
 
 
 def latest_log(job: Job) -> Path | None:
@@ -78,7 +86,8 @@ class LocalLauncher(Launcher):
 
     name = "local"
 
-    def __init__(self, spec: Spec, max_parallel: int | None = None, poll_s: float = 2.0, stop_timeout_s: float = 300.0):
+    def __init__(self, spec: Spec, max_parallel: int | None = None, poll_s: float = 2.0, stop_timeout_s: float = 300.0,
+                 relay_s: float = 0.5):
         super().__init__(spec)
         self.max_parallel = max_parallel or self.spec.launch.max_parallel
         if self.max_parallel < 1:
@@ -87,6 +96,10 @@ class LocalLauncher(Launcher):
         self.stop_timeout_s = stop_timeout_s
         self._queue: list[Handle] = []
         self._running: list[Handle] = []
+        self.relay_s = relay_s
+        self._relays: list[Any] = []  # of the jobs started and not yet collected
+        self._pumper: threading.Thread | None = None
+        self._relay_lock = threading.Lock()
 
     # --- submit / start -------------------------------------------------------------------------------
 
@@ -115,18 +128,38 @@ class LocalLauncher(Launcher):
             self._running.append(handle)
 
     def _start(self, handle: Handle) -> None:
+        from scaling.track import job_params, job_tags
+        from scaling.track.relay import RELAY_FILE, Relay, replay_leftover
+
+        job = handle.job
+        handle.log_dir.mkdir(parents=True, exist_ok=True)
+        path = Path(job.workdir) / RELAY_FILE
+        runlog = self.tracker.open_run(job.run_id, tags=job_tags(self.spec, job), params=job_params(self.spec, job))
+        replay_leftover(path, runlog)  # an earlier launcher died before sending it all
+        handle.native.relay = relay = Relay(path, runlog, attempt=runlog.attempt)
+        with self._relay_lock:
+            self._relays.append(relay)
+            if self._pumper is None:
+                self._pumper = threading.Thread(target=self._pump_relays, name="scaling-relay", daemon=True)
+                self._pumper.start()
+        try:
+            self._submit_job(handle, path)
+        except BaseException as e:
+            self._close_relay(handle.native, "FAILED", f"could not start the job: {e}")
+            raise
+
+    def _submit_job(self, handle: Handle, relay: Path) -> None:
         import submitit
 
         from scaling.launch.submitit_job import SubmititRunner
         from scaling.train import JobRunner
 
         job = handle.job
-        handle.log_dir.mkdir(parents=True, exist_ok=True)
         executor = submitit.AutoExecutor(folder=handle.log_dir, cluster="local")
         executor.update_parameters(timeout_min=int(job.resources.time_min or 60), name=job.run_id)
         threads = self.spec.train.threads or job.resources.cpus or 1
         with _child_environment(threads):
-            sjob = executor.submit(SubmititRunner(JobRunner(self.spec, job)))
+            sjob = executor.submit(SubmititRunner(JobRunner(self.spec, job, relay=str(relay))))
         handle.native.sjob, handle.native.started = sjob, time.time()
         log.info("started %s (pid %s), log %s", job.run_id, sjob.job_id, sjob.paths.stdout)
 
@@ -136,21 +169,45 @@ class LocalLauncher(Launcher):
         """The JobResult of a finished submitit job (FAILED with the error and the log on a crash)."""
         from scaling.train import JobResult
 
-        sjob, job = handle.native.sjob, handle.job
+        sjob, job, slot = handle.native.sjob, handle.job, handle.native
         try:
             result = sjob.result()
-            if isinstance(result, JobResult):
-                return result
-            return JobResult(job.run_id, "FAILED", 0, {}, f"the job returned {result!r}, not a JobResult")
+            if not isinstance(result, JobResult):
+                result = JobResult(job.run_id, "FAILED", 0, {}, f"the job returned {result!r}, not a JobResult")
+            self._close_relay(slot, result.status, result.reason)
+            return result
         except Exception as e:  # noqa: BLE001 - any failure of the job is its result
             last = _error_line(str(e)) or type(e).__name__
             status = "KILLED" if "timed-out" in str(e) or "INTERRUPTED" in str(e) else "FAILED"
             reason = f"{last.strip()} (log: {sjob.paths.stderr})"
+            self._close_relay(slot, status, reason)
             summary = self.summaries().get(job.run_id)
             if summary is not None and summary.status == "RUNNING":  # died without ending its run
                 self.tracker.end_run(job.run_id, status, reason)
             step = (summary.step or 0) if summary else 0
             return JobResult(job.run_id, status, step, dict(summary.metrics) if summary else {}, reason)
+
+    def _pump_relays(self) -> None:
+        """The launcher's thread: send what running jobs appended to their relay files, until none is left."""
+        while True:
+            with self._relay_lock:
+                self._relays = [r for r in self._relays if not r.closed]
+                if not self._relays:
+                    self._pumper = None
+                    return
+                relays = list(self._relays)
+            for relay in relays:
+                try:
+                    relay.pump()
+                except Exception as e:  # noqa: BLE001 - a bad record must not stop the others; retried later
+                    log.error("sending %s failed: %s", relay.path, e)
+            time.sleep(self.relay_s)
+
+    def _close_relay(self, slot: _Slot, status: str, reason: str | None) -> None:
+        """Send the rest of the job's relay file and end its run (the job's own end record wins)."""
+        if slot.relay is not None:
+            relay, slot.relay = slot.relay, None
+            relay.close(status, reason)
 
     def _skipped_result(self, handle: Handle, summaries: dict) -> Any:
         from scaling.train import JobResult

@@ -38,10 +38,13 @@ def checked_metrics(step: int, metrics: dict[str, float]) -> list[tuple[str, flo
 class RunLog:
     """The open run of one job: buffered, background metric logging; `finish` sets the final status."""
 
-    def __init__(self, tracker: Tracker, run_id: str, mlflow_run_id: str, flush_interval: float | None = None):
+    def __init__(self, tracker: Tracker, run_id: str, mlflow_run_id: str, flush_interval: float | None = None,
+                 attempt: int = 1):
         self.tracker = tracker
         self.run_id = run_id
         self.mlflow_run_id = mlflow_run_id
+        self.attempt = attempt
+        "The run's `scaling.attempt`: 1 when `open_run` created it, +1 for each resume."
         self.url = tracker.run_url(mlflow_run_id)
         self.flush_interval = flush_interval or float(os.environ.get("SCALING_FLUSH_S", "5"))
         self.spool_path = tracker.spool_dir / tracker.experiment / f"{run_id}.jsonl"

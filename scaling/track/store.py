@@ -289,6 +289,6 @@ class Tracker:
             _retry(lambda p=p, t=t: self.client.log_batch(mid, params=p, tags=t), f"logging params of {run_id}")
         from scaling.track.runlog import RunLog
 
-        runlog = RunLog(self, run_id, mid, flush_interval=flush_interval)
+        runlog = RunLog(self, run_id, mid, flush_interval=flush_interval, attempt=attempt)
         runlog._replay_spool()
         return runlog

@@ -143,19 +143,21 @@ class TrainContext:
 class JobRunner:
     """One job of a sweep as a picklable callable (builds nothing until called).
 
-    `track=False` keeps metrics in memory (`runner.runlog.history`) instead of MLflow."""
+    `track=False` keeps metrics in memory (`runner.runlog.history`) instead of MLflow. `relay=PATH` writes
+    them to a relay file that the launcher sends to MLflow (`scaling.track.relay`; the local backend)."""
 
-    def __init__(self, spec: Spec, job: Job, track: bool = True):
+    def __init__(self, spec: Spec, job: Job, track: bool = True, relay: str | None = None):
         self.spec = spec
         self.job = job
         self.track = track
+        self.relay = relay
         self.runlog: Any = None
 
     def __getstate__(self) -> dict:
-        return {"spec": self.spec, "job": self.job, "track": self.track}
+        return {"spec": self.spec, "job": self.job, "track": self.track, "relay": self.relay}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["spec"], state["job"], state["track"])
+        self.__init__(state["spec"], state["job"], state["track"], state.get("relay"))
 
     def __repr__(self) -> str:
         return f"JobRunner({self.job.run_id})"
@@ -165,7 +167,7 @@ class JobRunner:
 
         submitit calls this from its signal handler; the SLURM launcher's wrapper turns the returned runner
         into submitit's `DelayedSubmission` (this package never imports submitit)."""
-        return JobRunner(self.spec, self.job, self.track)
+        return JobRunner(self.spec, self.job, self.track, self.relay)
 
     @property
     def workdir(self) -> Path:
@@ -178,6 +180,11 @@ class JobRunner:
     def _open_runlog(self, env: DistEnv) -> Any:
         if not (self.track and env.is_main):
             return MemoryRunLog()
+        if self.relay:  # the launcher opened the run and sends what this job writes
+            from scaling.track.relay import RelayWriter
+
+            log.info("%s logs through the launcher (%s)", self.job.run_id, self.relay)
+            return RelayWriter(self.relay)
         from scaling.track import Tracker, job_params, job_tags
 
         tracker = Tracker(self.spec.tracking.uri, self.spec.experiment)
