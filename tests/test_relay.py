@@ -76,7 +76,8 @@ def test_a_torn_last_line_waits_until_it_is_whole(tracker, tmp_path):
     assert relay.pump() == 0
     with open(path, "a") as fh:
         fh.write(line[17:])
-    assert relay.pump() == 1
+        fh.write('[1, 2]\n{"end": "DONE"}\n{"s": 6, "t": 1, "m": {"train/loss": "x"}}\n')  # malformed: skipped
+    assert relay.pump() == 4
     relay.close("KILLED", "SIGKILL")  # no end record: the launcher's verdict is the run's status
     assert _history(tracker, "r1", "train/loss") == [(5, 2.0)]
     run = _run(tracker, "r1")

@@ -114,23 +114,28 @@ class Relay:
                 data = fh.read()
         except FileNotFoundError:
             return 0
-        done = data.rfind(b"\n") + 1  # a torn last line (still being written, or a killed writer) waits
         count = 0
-        for line in data[:done].splitlines():
+        *lines, _torn = data.split(b"\n")  # a torn last line (still being written, or a killed writer) waits
+        for line in lines:
             if line.strip():
-                self._apply(line)
+                self._apply(line)  # if the run refuses it, the line is read again on the next call
                 count += 1
-        self._offset += done
+            self._offset += len(line) + 1
         return count
 
     def _apply(self, line: bytes) -> None:
         try:
             rec = json.loads(line)
-        except ValueError:
-            log.error("%s: skipping an unreadable line %r", self.path, line[:200])
+            if not isinstance(rec, dict) or rec.get("end", "FINISHED") not in STATUSES:
+                raise ValueError("not a relay record")
+            if "m" in rec:
+                pairs = [(str(k), float(v)) for k, v in rec["m"].items()]
+                step, ts = int(rec["s"]), int(rec["t"])
+        except (ValueError, TypeError, KeyError, AttributeError):
+            log.error("%s: skipping a malformed line %r", self.path, line[:200])
             return
         if "m" in rec:
-            self.runlog.queue(int(rec["s"]), [(k, float(v)) for k, v in rec["m"].items()], int(rec["t"]))
+            self.runlog.queue(step, pairs, ts)
         elif "start" in rec:
             self._starts += 1
             self.end = None
