@@ -41,3 +41,13 @@ def tiny_sweep(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def as_in_a_terminal() -> None:
+    """`preexec_fn` of a CLI process that a test Ctrl-Cs: SIGINT back to its default, as in a terminal.
+
+    A test run started in the background by a shell (`pytest ... &`, nohup) inherits SIGINT ignored, and
+    Python then never raises KeyboardInterrupt; a terminal's `scaling run` has it at its default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -31,7 +31,7 @@ from scaling.track import TAG_ATTEMPT, TAG_REASON, Tracker, ensure_store, export
 from scaling.train import JobRunner
 from scaling.train.checkpoint import CheckpointStore
 
-from .conftest import REPO, tiny_sweep_dict
+from .conftest import REPO, as_in_a_terminal, tiny_sweep_dict
 
 DEADLINE_S = 120
 
@@ -83,7 +83,7 @@ def wait_for(condition, what: str, proc: subprocess.Popen | None = None, timeout
 def scaling_process(*args: str) -> subprocess.Popen:
     """`scaling ARGS...` in its own process group (as in a terminal), output captured."""
     return subprocess.Popen([sys.executable, "-m", "scaling.cli", *args], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            preexec_fn=as_in_a_terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(proc: subprocess.Popen, sig: int | None = None) -> tuple[str, str]:

@@ -21,7 +21,7 @@ from scaling.plan import plan
 from scaling.spec import load_sweep
 from scaling.track import TAG_ATTEMPT, Tracker, export_table
 
-from .conftest import REPO, tiny_sweep_dict
+from .conftest import REPO, as_in_a_terminal, tiny_sweep_dict
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +89,8 @@ def test_interrupted_jobs_resume_the_same_run_without_duplicates(tmp_path, monke
     # 1. Ctrl-C in the terminal of `scaling run` (SIGINT to its whole process group): the job saves a
     #    checkpoint and ends KILLED, `scaling run` exits 130
     cli = subprocess.Popen([sys.executable, "-m", "scaling.cli", "run", spec.source, "--no-fit"],
-                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           start_new_session=True, preexec_fn=as_in_a_terminal, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
     first_pid = _wait_for_step(job, 3)
     os.killpg(cli.pid, signal.SIGINT)
     out, err = cli.communicate(timeout=120)
