@@ -468,7 +468,9 @@ def _add_fit(sub) -> None:
                    help="robust Huber (default) or least squares, on log residuals")
     p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log residuals (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
-    p.add_argument("--workers", type=int, default=None, help="bootstrap processes (default: 1; see benchmarks/fit.py)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="fits run at once, one process each (default: one per CPU, at most 4, or "
+                   "$SCALING_FIT_PROCESSES); the results are the same for any number")
     p.add_argument("--no-curves", action="store_true", help="skip the loss-over-steps fits")
     p.add_argument("--final-step", type=float, default=None,
                    help="final step of a held-out size that is still running (default: from the sweep's plan)")

@@ -318,3 +318,20 @@ def test_fit_table_for_a_table_from_elsewhere(tmp_path):
     ((path, r),) = out.results
     assert path == tmp_path / "other" / "val__power__N.json"
     assert r.holdout[0].label == "d" and r.sizes == ("a", "b", "c") and not out.errors
+
+
+def test_fits_run_in_parallel_give_the_same_files_and_errors(tmp_path):
+    t = tidy_table(seed=5, seeds=2)
+    t["eval/iw/empty"] = np.nan
+    t.loc[t.index[0], "eval/iw/empty"] = 0.5  # one value: listed as a metric, not fittable
+    outs = {}
+    for workers in (1, 2):
+        plan = FitPlan("p", metrics=("eval/iw/laplace", "eval/iw/empty", "eval/iw/uniform"),
+                       opts=FitOptions(bootstrap=30, workers=workers))
+        outcome = fit_table(t, plan, tmp_path / f"w{workers}")
+        outs[workers] = ([(p.name, r.params, r.bootstrap.samples, [h.predicted for h in r.holdout])
+                          for p, r in outcome.results], outcome.errors)
+    serial, parallel = outs[1], outs[2]
+    assert parallel == serial
+    assert len(serial[0]) == 4 + 8 and [e[0] for e in serial[1]] == ["iw-empty__power__params.json",
+                                                                     "iw-empty__power_offset__params.json"]

@@ -36,7 +36,9 @@ class FitOptions:
     starts: int = 8
     "Best grid points L-BFGS-B starts from."
     workers: int | None = None
-    "Bootstrap processes (None: scaling.fit.core.default_workers)."
+    """Processes. `fit_table` runs this many fits at once, each bootstrap within its fit's process (None:
+    `scaling.fit.run.fit_processes`); a single `fit_size_law` or `fit_curve` splits its bootstrap over them
+    (None: `scaling.fit.core.default_workers`). The results are the same for any number."""
     loso_bootstrap: int = 200
     "Resamples for each leave-one-size-out fit."
 

@@ -8,8 +8,11 @@ metric, the loss curve over steps of every size with each one-input law.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -88,16 +91,13 @@ def fit_table(table: pd.DataFrame, plan: FitPlan, out_dir: str | os.PathLike = "
     holdout = list(plan.holdout) if plan.holdout is not None else [largest_size(table, plan.cols, x)]
     x2 = plan.x2 or ("samples" if "samples" in table.columns else plan.cols.step)
     folder = Path(out_dir) / plan.name
-    results, errors = [], []
+    processes = plan.opts.workers or fit_processes()
+    # In parallel each fit is one task and its bootstrap runs in that process (the same numbers either way)
+    opts = replace(plan.opts, workers=1) if processes > 1 else plan.opts
+    tasks: list[tuple[str, Callable[[], FitResult]]] = []
 
-    def attempt(fname: str, make) -> None:
-        try:
-            res = make()
-        except FitError as e:
-            log.error("%s: %s", fname, e)
-            errors.append((fname, str(e)))
-            return
-        results.append((res.write(folder / fname), res))
+    def attempt(fname: str, make: Callable[[], FitResult]) -> None:
+        tasks.append((fname, make))
 
     for metric in metrics:
         for law_name in plan.laws:
@@ -108,7 +108,7 @@ def fit_table(table: pd.DataFrame, plan: FitPlan, out_dir: str | os.PathLike = "
             attempt(fit_filename(metric, law_name, axis), lambda law_name=law_name, x_cols=x_cols, targets=targets,
                     metric=metric: fit_size_law(
                         table, law_name, metric, x_cols, holdout=holdout, extra_targets=[t for t in targets if t],
-                        cols=plan.cols, include_unfinished=plan.include_unfinished, opts=plan.opts, name=plan.name))
+                        cols=plan.cols, include_unfinished=plan.include_unfinished, opts=opts, name=plan.name))
     if plan.curves and plan.cols.step in table.columns:
         sizes = _sizes(table, plan.cols, primary)
         for law_name in plan.laws:
@@ -117,9 +117,56 @@ def fit_table(table: pd.DataFrame, plan: FitPlan, out_dir: str | os.PathLike = "
             for size in sizes:
                 attempt(fit_filename(primary, law_name, f"steps-{size}"),
                         lambda law_name=law_name, size=size: fit_curve(
-                            table, law_name, primary, size, x_col=plan.cols.step, cols=plan.cols, opts=plan.opts,
+                            table, law_name, primary, size, x_col=plan.cols.step, cols=plan.cols, opts=opts,
                             name=plan.name))
+    results, errors = [], []
+    for (fname, _), (res, error) in zip(tasks, _run_all([make for _, make in tasks], processes)):
+        if error is not None:
+            log.error("%s: %s", fname, error)
+            errors.append((fname, error))
+        else:
+            results.append((res.write(folder / fname), res))
     return FitOutcome(tuple(results), tuple(errors))
+
+
+FIT_PROCESSES = "SCALING_FIT_PROCESSES"
+"Environment variable: how many fits `fit_table` runs at once (default: one per CPU, at most 4)."
+
+
+def fit_processes() -> int:
+    """Processes for `fit_table`'s fits: SCALING_FIT_PROCESSES, else one per CPU of this process, at most 4.
+
+    The fits of a table are independent and take seconds each (their bootstraps refit hundreds of times), so
+    one process per fit parallelizes well: on an idle 2-core machine the demo's `scaling fit` took 42 s instead of
+    58 s, with the same files (docs/benchmarks.md)."""
+    env = os.environ.get(FIT_PROCESSES)
+    if env:
+        return max(1, int(env))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cpus, 4)
+
+
+_TASKS: list[Callable[[], FitResult]] | None = None  # the fits of the pool being run (inherited through fork)
+
+
+def _run_task(i: int) -> tuple[FitResult | None, str | None]:
+    try:
+        return _TASKS[i](), None
+    except FitError as e:
+        return None, str(e)
+
+
+def _run_all(makes: list[Callable[[], FitResult]], processes: int) -> list[tuple[FitResult | None, str | None]]:
+    """Each fit's result or FitError message, in order; `processes` at once (fork), else one after another."""
+    global _TASKS
+    _TASKS = makes
+    try:
+        if processes <= 1 or len(makes) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            return [_run_task(i) for i in range(len(makes))]
+        with ProcessPoolExecutor(min(processes, len(makes)), mp_context=multiprocessing.get_context("fork")) as ex:
+            return list(ex.map(_run_task, range(len(makes))))
+    finally:
+        _TASKS = None
 
 
 def _with_x2(t: Target, x_cols: list[str]) -> Target | None:
