@@ -44,6 +44,7 @@ def run_demo(sweep: str | Path = DEMO, folder: Path | None = None, overrides: di
     the table, store and experiment it left, and the backtest of each held-out size (primary metric, each law):
     `backtest` maps (law, size) to (relative error, whether the actual value is inside the interval)."""
     from scaling.fit import FitResult, fit_filename
+    from scaling.plan import plan
     from scaling.spec import load_sweep
 
     folder = Path(folder or tempfile.mkdtemp(prefix="scaling-demo-"))
@@ -65,8 +66,7 @@ def run_demo(sweep: str | Path = DEMO, folder: Path | None = None, overrides: di
                     backtest[(law, p.label)] = (p.relative_error, p.inside)
     return {"wall_s": wall, "exit": done.returncode, "output": (done.stdout + done.stderr)[-3000:],
             "table": table if table.exists() else None, "uri": spec.tracking.uri or f"sqlite:///{folder / 'mlflow.db'}",
-            "experiment": spec.experiment, "jobs": len(spec.model.sizes) * len(spec.train.seeds)
-            * len(spec.train.budget), "metric": spec.metric, "backtest": backtest,
+            "experiment": spec.experiment, "jobs": len(plan(spec)), "metric": spec.metric, "backtest": backtest,
             "report": folder / "reports" / spec.name / "index.html"}
 
 

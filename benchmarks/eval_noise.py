@@ -45,7 +45,7 @@ def train_size(args: tuple[str, str, int, str]) -> tuple[str, float, float]:
     else); save its state dict to `out`. Returns (size, seconds, last mean train loss)."""
     sweep, size, steps, out = args
     spec = load_sweep(sweep)
-    job = next(j for j in plan(spec) if j.size == size and j.seed == spec.train.seeds[0]
+    job = next(j for j in plan(spec) if j.size == size and j.seed == spec.seeds_for(size)[0]
                and j.budget == spec.train.budget[0])
     model, losses, _, seconds = bare_loop(spec, dataclasses.replace(job, steps=steps))
     torch.save(model.state_dict(), out)

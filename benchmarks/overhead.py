@@ -230,7 +230,7 @@ def measure(sweep: str | Path = DEMO, overrides: dict | None = None, sizes: list
     for size in wanted:
         runs: dict[str, list[dict]] = {"bare": [], "job": []}
         for k, spec in enumerate(specs):
-            job = next(j for j in plan(spec) if j.size == size and j.seed == spec.train.seeds[0]
+            job = next(j for j in plan(spec) if j.size == size and j.seed == spec.seeds_for(size)[0]
                        and j.budget == spec.train.budget[0])
             for mode in (("bare", "job") if k % 2 == 0 else ("job", "bare")):
                 where = folder / f"r{k}" / "overhead"

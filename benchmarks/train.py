@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = (overrides or {}) | {"launch": {"workdir": tmp}}
         spec = load_sweep(args.sweep, overrides)
         tr = spec.train
-        jobs = [j for j in plan(spec) if j.seed == spec.train.seeds[0] and j.budget == tr.budget[0]]
+        jobs = [j for j in plan(spec) if j.seed == spec.seeds_for(j.size)[0] and j.budget == tr.budget[0]]
         if args.sizes:
             wanted = args.sizes.split(",")
             jobs = [j for j in jobs if j.size in wanted]

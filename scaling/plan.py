@@ -89,7 +89,7 @@ def plan(spec: Spec, profile: Resources | None = None) -> list[Job]:
         flops_per_step = info.flops_per_sample * batch
         for budget in spec.train.budget:
             steps = steps_for(budget, info.params, info.tokens, batch, flops_per_step, spec.train.tokens_per_param)
-            for seed in spec.train.seeds:
+            for seed in spec.seeds_for(size):
                 rid = run_id(spec.name, size, budget, seed)
                 jobs.append(Job(
                     run_id=rid, sweep=spec.name, size=size, budget=budget, seed=seed, params=info.params,

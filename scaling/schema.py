@@ -51,6 +51,9 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in args:
             return None
         others = [a for a in args if a is not type(None)]
+        # a mapping is tried as the mapping type first, so that its error is the one reported
+        mapping = (dict, collections.abc.Mapping)
+        others.sort(key=lambda a: not (isinstance(value, dict) and typing.get_origin(a) in mapping))
         errors = []
         for a in others:
             try:

@@ -220,8 +220,9 @@ class TrainSpec:
     "auto: bf16 autocast on GPU, fp32 on CPU."
     compile: bool = False
     "torch.compile the model on GPU (on CPU only with SCALING_COMPILE_BACKEND set; it does not pay off there)."
-    seeds: tuple[int, ...] = (0,)
-    "One job per seed and size."
+    seeds: tuple[int, ...] | Mapping[str, tuple[int, ...]] = (0,)
+    """One job per seed and size: a list for every size, or lists per size with a default, e.g. `{default: [0, 1],
+    S: [0, 1, 2, 3]}` (more seeds where runs are cheap and vary most)."""
     eval_every: int = 100
     "Evaluate the importance-weighted loss every this many steps (and at the end)."
     ckpt_every: int = 100
@@ -406,6 +407,13 @@ class Spec:
         """The sizes held out as the fit's target (`fit.holdout`, else the last size)."""
         return self.fit.holdout or (list(self.model.sizes)[-1],)
 
+    def seeds_for(self, size: str) -> tuple[int, ...]:
+        """The seeds of a size: `train.seeds`, or its entry there (else `default`) when that is a mapping."""
+        seeds = self.train.seeds
+        if isinstance(seeds, Mapping):
+            return seeds[size] if size in seeds else seeds["default"]
+        return seeds
+
     def resources_for(self, size: str, profile: Resources | None = None) -> Resources:
         """Resolved resources of a size: per-size, then `default`, then the profile, then local defaults."""
         res = self.launch.resources.get(size, Resources()).over(self.launch.resources.get("default", Resources()))
@@ -460,6 +468,22 @@ def _check(spec: Spec) -> None:
     for key in spec.launch.resources:
         if key != "default" and key not in sizes:
             raise SpecError(f"unknown size {key!r}; valid: default, {', '.join(sizes)}", f"launch.resources.{key}")
+    if isinstance(spec.train.seeds, Mapping):
+        for key in spec.train.seeds:
+            if key != "default" and key not in sizes:
+                raise SpecError(f"unknown size {key!r}; valid: default, {', '.join(sizes)}", f"train.seeds.{key}")
+        if "default" not in spec.train.seeds:
+            missing = [name for name in sizes if name not in spec.train.seeds]
+            if missing:
+                raise SpecError(f"no seeds for size {missing[0]}; list it or add default: [0]", "train.seeds")
+    for name in sizes:
+        seeds = spec.seeds_for(name)
+        where = "train.seeds" + (f".{name if name in spec.train.seeds else 'default'}"
+                                 if isinstance(spec.train.seeds, Mapping) else "")
+        if not seeds:
+            raise SpecError("at least one seed is needed, e.g. [0]", where)
+        if len(set(seeds)) != len(seeds):
+            raise SpecError(f"seeds repeat: {list(seeds)} (each seed is one run)", where)
     for i, size in enumerate(spec.fit.holdout):
         if size not in sizes:
             raise SpecError(f"unknown size {size!r}; valid: {', '.join(sizes)}", f"fit.holdout[{i}]")
