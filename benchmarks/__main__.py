@@ -226,6 +226,34 @@ def machine() -> str:
             f"commit {commit.stdout.strip() or '?'}, load average {load}")
 
 
+def machine_speed(sweep: Path, steps: int = 40) -> str:
+    """How fast this machine trains the sweep's first size: the bare loop's mean time per step over `steps` steps
+    (the sweep's threads, data generation included), and a 1-thread fp32 512x512 matmul. The same code ran
+    twice as slow per step of S on one 2-core machine as on another (docs/benchmarks.md): quote figures with this."""
+    import torch
+
+    from benchmarks.overhead import bare_loop
+    from scaling.plan import plan
+    from scaling.spec import load_sweep
+
+    spec = load_sweep(sweep, {"train": {"budget": steps}})
+    job = plan(spec)[0]
+    threads = torch.get_num_threads()
+    try:
+        _, _, _, loop = bare_loop(spec, job)
+        torch.set_num_threads(1)
+        a = torch.randn(512, 512)
+        a @ a
+        t = time.perf_counter()
+        for _ in range(20):
+            a @ a
+        gflops = 20 * 2 * 512**3 / (time.perf_counter() - t) / 1e9
+    finally:
+        torch.set_num_threads(threads)
+    return (f"machine speed: {job.size} trains at {1e3 * loop / steps:.1f} ms per step (bare loop, {steps} steps, "
+            f"batch {job.batch_size}); matmul 512x512 fp32 {gflops:.0f} GFLOP/s on 1 thread")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
                                 epilog="Measurements: " + ", ".join(MEASUREMENTS))
@@ -252,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(args.sweep.resolve(), args.quick, (args.folder or Path(tmp)).resolve(), max(1, args.repeat),
                       args.sizes.split(",") if args.sizes else None)
         echo(f"benchmarks{' (--quick)' if args.quick else ''} on {machine()}")
+        echo(machine_speed(ctx.sweep, 10 if args.quick else 40))
         figures: list[Figure] = []
         failed = []
         start = time.perf_counter()
