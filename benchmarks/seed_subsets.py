@@ -78,11 +78,13 @@ def _fit_one(args) -> tuple[float, bool]:
 
 
 def seeds_per_size(table, holdout: list[str]) -> dict[str, list[int]]:
-    """The seeds of each fitted size (sizes in order of their first row)."""
+    """The seeds of each fitted size (smallest size first when the table has `params`)."""
     held = table["size"].astype(str).isin(holdout)
     if not held.any():
         raise SystemExit(f"error: the table has no run of the held-out size(s) {', '.join(holdout)}")
     fitted = table[~held]
+    if "params" in fitted.columns:
+        fitted = fitted.sort_values("params", kind="stable")
     return {str(size): sorted(set(g["seed"])) for size, g in fitted.groupby("size", sort=False)}
 
 

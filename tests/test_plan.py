@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from scaling.errors import SpecError
 from scaling.plan import plan
 from scaling.sizes import param_count
 from scaling.spec import Resources, load_sweep, parse_sweep
@@ -17,7 +18,29 @@ def test_replanning_gives_the_same_ids():
     assert [j.run_id for j in first] == [j.run_id for j in second]
     assert first == second
     assert [j.run_id for j in first] == [f"demo-{s}-{first[0].budget.label}-s{seed}"
-                                         for s in ("S", "M", "L", "XL") for seed in spec.train.seeds]
+                                         for s in ("S", "M", "L", "XL") for seed in spec.seeds_for(s)]
+    assert [len(spec.seeds_for(s)) for s in ("S", "M", "L", "XL")] == [4, 4, 2, 2]
+
+
+def test_seeds_per_size_with_a_default_and_their_errors():
+    data = tiny_sweep_dict()
+    data["train"]["seeds"] = {"default": [0], "S": [0, 1, 2]}
+    jobs = plan(parse_sweep(data))
+    assert [(j.size, j.seed) for j in jobs] == [("S", 0), ("S", 1), ("S", 2), ("M", 0), ("L", 0)]
+    assert "tiny-S-" in jobs[2].run_id and jobs[2].run_id.endswith("-s2")
+    bad = {
+        "train.seeds: no seeds for size M; list it or add default: [0]": {"S": [0], "L": [1]},
+        "train.seeds.Q: unknown size 'Q'; valid: default, S, M, L": {"default": [0], "Q": [1]},
+        "train.seeds.S: seeds repeat: [2, 2]": {"default": [0], "S": [2, 2]},
+        "train.seeds.default: at least one seed is needed": {"default": []},
+        "train.seeds.default[0]: expected an integer, got 'a'": {"default": ["a"]},
+        "train.seeds: seeds repeat: [1, 1]": [1, 1],
+    }
+    for message, seeds in bad.items():
+        data["train"]["seeds"] = seeds
+        with pytest.raises(SpecError) as e:
+            parse_sweep(data)
+        assert message in str(e.value), (seeds, str(e.value))
 
 
 def test_ids_cover_sizes_budgets_and_seeds():
