@@ -111,6 +111,8 @@ def bench_overhead(ctx: Context) -> list[Figure]:
         Figure("  of which set-up + loop", 100 * t.loop_s / a, "%", "", "held-out set, evaluator; noise"),
         Figure(f"overhead in CPU time, {which}", 100 * t.cpu_overhead, "%", "< 3",
                f"job {t.job_cpu:.1f} s vs bare {t.bare_cpu:.1f} s (all threads)"),
+        Figure(f"overhead, timed parts, {which}", 100 * (t.eval_s + t.checkpoint_s + t.tracking_s) / a, "%", "< 3",
+               "evaluation + checkpoints + tracking, each timed: the extra work without the loop's timing noise"),
     ]
     if len(per_size) > 1:
         figures += [Figure(f"overhead, size {f.size}", 100 * f.overhead, "%", "< 3",

@@ -17,7 +17,8 @@ from benchmarks.__main__ import main
 from tests.conftest import REPO
 
 EXPECTED = ["overhead vs bare loop, size S", "  of which evaluation", "  of which checkpoints", "  of which tracking",
-            "  of which set-up + loop", "overhead in CPU time, size S", "export rows/s, synthetic store",
+            "  of which set-up + loop", "overhead in CPU time, size S", "overhead, timed parts, size S",
+            "export rows/s, synthetic store",
             "export of the demo's runs", "fit + bootstrap, primary metric", "`scaling fit`, every weighting + curves"]
 
 
@@ -52,6 +53,8 @@ def test_quick_run_prints_every_figure(tmp_path):
     assert "same losses: yes" in head["note"]  # the bare loop is the job's training, step for step
     parts = sum(figures[n]["value"] for n in EXPECTED[1:5])
     assert parts == pytest.approx(head["value"], abs=1e-6)  # the parts add up to the overhead
+    timed = figures["overhead, timed parts, size S"]["value"]
+    assert timed == pytest.approx(sum(figures[n]["value"] for n in EXPECTED[1:4]), abs=1e-6) and timed > 0
     assert figures["export rows/s, synthetic store"]["value"] > 0
     assert "same losses" not in done.stderr and "Traceback" not in done.stderr
 
