@@ -69,8 +69,10 @@ def _wait_for_step(job, step: int, not_pid: int | None = None, timeout: float = 
     path = Path(job.workdir) / "progress.txt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and path.read_text().strip():
-            pid, at = map(int, path.read_text().split())
+        # one read: the trainer rewrites the file (truncate, then write), so a second read may find it empty
+        parts = path.read_text().split() if path.exists() else []
+        if len(parts) == 2:
+            pid, at = map(int, parts)
             if at >= step and pid != not_pid:
                 return pid
         time.sleep(0.05)
