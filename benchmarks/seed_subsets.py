@@ -115,10 +115,12 @@ def study(table, metrics: list[str], laws: list[str], designs: dict[str, list[Se
           holdout: list[str] = ("XL",), bootstrap: int = 1000, processes: int | None = None) -> list[SubsetFigures]:
     """Refit every (metric, law) on every selection of every design; one `SubsetFigures` per combination."""
     holdout = [str(h) for h in holdout]
+    base = [c for c in ("run_id", "size", "seed", "step", "status", "params", x) if c in table.columns]
+    slim = {m: table[list(dict.fromkeys([*base, m]))] for m in metrics}  # each job pickles its table: only what it fits
     jobs, keys = [], []
     for metric, law, (name, selections) in itertools.product(metrics, laws, designs.items()):
         for sel in selections:
-            jobs.append((table, sel, law, metric, x, holdout, bootstrap))
+            jobs.append((slim[metric], sel, law, metric, x, holdout, bootstrap))
             keys.append((metric, law, name, sel))
     with ProcessPoolExecutor(processes or os.cpu_count() or 1) as ex:
         results = list(ex.map(_fit_one, jobs))
