@@ -7,7 +7,9 @@ images are resolution-independent (rendered directly at the requested size). The
 topmost shape (0 disc, 1 rectangle, 2 triangle, 3 ring, 4 stripes).
 
 The random numbers come from a counter-based hash (splitmix64) of (index, draw number), so a batch of
-any composition renders the same image for the same index, on any numpy version.
+any composition renders the same image for the same index, on any numpy version. Each slot is drawn only on
+the images that have a shape there, and each signed distance only on the images of its kind (3x faster than
+computing all five for every image; the same pixels, `tests/data/golden/shapes.npz`).
 """
 
 from __future__ import annotations
@@ -76,10 +78,13 @@ def render(index: np.ndarray, size: int, channels: int) -> tuple[np.ndarray, np.
     count = 1 + np.minimum((g[:, 0] * MAX_SHAPES).astype(int), MAX_SHAPES - 1)
     labels = np.zeros(b, dtype=np.int64)
     for slot in range(MAX_SHAPES):
-        d = s[:, slot]  # (B, 16) draws of this slot
+        on = np.flatnonzero(slot < count)  # the images that have a shape in this slot (count >= 1: slot 0 all)
+        if not len(on):
+            break
+        d = s[on, slot]  # (n, 16) draws of this slot
 
         def col(i: int, d: np.ndarray = d) -> np.ndarray:
-            return d[:, i][:, None, None]  # (B, 1, 1)
+            return d[:, i][:, None, None]  # (n, 1, 1)
 
         kind = np.minimum((d[:, 0] * len(SHAPE_TYPES)).astype(int), len(SHAPE_TYPES) - 1)
         cx, cy = 0.15 + 0.7 * col(1), 0.15 + 0.7 * col(2)
@@ -90,22 +95,28 @@ def render(index: np.ndarray, size: int, channels: int) -> tuple[np.ndarray, np.
         pu = (np.cos(theta) * du + np.sin(theta) * dv) * size  # rotated frame, in pixels
         pv = (-np.sin(theta) * du + np.cos(theta) * dv) * size
         rp = r * size
-        sdf = np.stack([
-            np.hypot(pu, pv) - rp,  # disc
-            _sdf_box(pu, pv, rp, rp * aspect),  # rectangle
-            _sdf_triangle(pu, pv, rp),  # triangle
-            np.abs(np.hypot(pu, pv) - rp) - np.maximum(0.6, 0.35 * rp * col(6)),  # ring
-            np.hypot(pu, pv / np.maximum(aspect, 0.6)) - rp,  # stripes: an ellipse filled with a grating
-        ])  # (5, B, H, W)
-        sdf = np.take_along_axis(sdf, kind[None, :, None, None], axis=0)[0]
+        sdf = np.empty_like(pu)
+        texture = np.ones_like(pu)
+        for k in np.unique(kind):  # each signed distance only where it is drawn (element-wise: the same values)
+            m = np.flatnonzero(kind == k)
+            u_, v_, rp_ = pu[m], pv[m], rp[m]
+            if k == 0:  # disc
+                sdf[m] = np.hypot(u_, v_) - rp_
+            elif k == 1:  # rectangle
+                sdf[m] = _sdf_box(u_, v_, rp_, rp_ * aspect[m])
+            elif k == 2:  # triangle
+                sdf[m] = _sdf_triangle(u_, v_, rp_)
+            elif k == 3:  # ring
+                sdf[m] = np.abs(np.hypot(u_, v_) - rp_) - np.maximum(0.6, 0.35 * rp_ * col(6)[m])
+            else:  # stripes: an ellipse filled with a grating
+                sdf[m] = np.hypot(u_, v_ / np.maximum(aspect[m], 0.6)) - rp_
+                period = np.maximum(2.5, rp_ * (0.3 + 0.5 * col(7)[m]))
+                texture[m] = 0.5 + 0.5 * np.sin(2 * np.pi * u_ / period + 2 * np.pi * col(8)[m])
         coverage = np.clip(0.5 - sdf, 0.0, 1.0)  # 1-pixel anti-aliased edge
-        period = np.maximum(2.5, rp * (0.3 + 0.5 * col(7)))
-        grating = 0.5 + 0.5 * np.sin(2 * np.pi * pu / period + 2 * np.pi * col(8))
-        texture = np.where((kind == 4)[:, None, None], grating, 1.0)
-        alpha = coverage * (0.6 + 0.4 * col(9)) * (slot < count)[:, None, None]
+        alpha = coverage * (0.6 + 0.4 * col(9))
         for c in range(channels):
             intensity = -0.4 + 1.4 * (col(10 + c) if channels == 3 else col(10))  # in [-0.4, 1]
             paint = intensity * texture + (1 - texture) * (-1.0)
-            img[:, c] = img[:, c] * (1 - alpha) + alpha * paint
-        labels = np.where(slot < count, kind, labels)
+            img[on, c] = img[on, c] * (1 - alpha) + alpha * paint
+        labels[on] = kind
     return np.clip(img, -1.0, 1.0).astype(np.float32), labels

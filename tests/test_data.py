@@ -1,5 +1,7 @@
 """Data sources, the held-out split (disjoint from training), and the resumable, data-parallel stream."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -25,6 +27,24 @@ def test_shapes_are_a_function_of_the_index():
     assert rgb.shape == (4, 3, 8, 8) and not np.allclose(rgb[:, 0], rgb[:, 1])
     u = uniforms(np.arange(100_000), 2)
     assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
+
+
+GOLDEN = Path(__file__).parent / "data" / "golden" / "shapes.npz"
+
+
+def test_shapes_render_the_recorded_images():
+    """The images of `golden/shapes.npz` (recorded 2026-12-07 with the renderer that drew all five signed
+    distances for every image and slot): a faster renderer must draw the same pixels, or every logged L_iw of
+    a shapes sweep would silently change. Mixed batches: all five kinds, 1-4 shapes, RGB and grey."""
+    with np.load(GOLDEN) as g:
+        rgb, labels = render(g["index"], 16, 3)
+        np.testing.assert_allclose(rgb, g["rgb16"], rtol=0, atol=1e-6)
+        assert np.array_equal(labels, g["labels_rgb16"]) and set(labels) == set(range(5))
+        grey, labels = render(g["index"][::-1], 12, 1)  # another order: the same image per index
+        np.testing.assert_allclose(grey[::-1], g["grey12"], rtol=0, atol=1e-6)
+        assert np.array_equal(labels[::-1], g["labels_grey12"])
+        one, _ = render(g["index"][3:4], 16, 3)  # alone in its batch
+        np.testing.assert_allclose(one[0], g["rgb16"][3], rtol=0, atol=1e-6)
 
 
 def test_shapes_heldout_is_disjoint_and_seed_independent():
