@@ -390,13 +390,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
                        "flops": float(j.total_flops)})
             for s, j in jobs.items() if s in spec.fit.holdout)
         final_steps = {s: float(j.steps) for s, j in jobs.items()}
-        bootstrap = spec.fit.bootstrap
+        bootstrap, loss, delta = spec.fit.bootstrap, spec.fit.loss, spec.fit.delta
     elif args.table:
         table = load_table(args.table)
         if not args.name:
             raise FitError("--name is needed with --table (results go to fits/<name>/)")
         plan_kw = {"name": args.name}
-        bootstrap = 1000
+        bootstrap, loss, delta = 1000, FitOptions.loss, FitOptions.delta
     else:
         raise FitError("give a sweep YAML (reads runs/<sweep>/table.csv) or --table CSV --name NAME")
     for key, value in (("laws", _csv(args.law)), ("metrics", _csv(args.metric)), ("x", args.x_col),
@@ -405,7 +405,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
             plan_kw[key] = value
     if args.metric:
         plan_kw["primary"] = plan_kw["metrics"][0]
-    opts = FitOptions(loss=args.loss, delta=args.delta, level=args.level, seed=args.seed, workers=args.workers,
+    loss, delta = args.loss or loss, delta if args.delta is None else args.delta
+    if not delta > 0:
+        raise FitError(f"--delta must be a positive Huber delta, got {delta}")
+    opts = FitOptions(loss=loss, delta=delta, level=args.level, seed=args.seed, workers=args.workers,
                       bootstrap=bootstrap if args.bootstrap is None else args.bootstrap,
                       loso_bootstrap=min(200, bootstrap if args.bootstrap is None else args.bootstrap))
     fplan = FitPlan(**plan_kw, curves=not args.no_curves, include_unfinished=args.include_unfinished, cols=cols,
@@ -426,8 +429,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
             continue
         x2 = fplan.x2 or cols.step
         rows = predict_final_from_partial(table, size, primary, final, x_cols=(fplan.x, x2), cols=cols,
-                                          opts=FitOptions(bootstrap=min(opts.bootstrap, 200), loss=args.loss,
-                                                          delta=args.delta, level=args.level, seed=args.seed))
+                                          opts=FitOptions(bootstrap=min(opts.bootstrap, 200), loss=loss,
+                                                          delta=delta, level=args.level, seed=args.seed))
         path = write_partial(Path(args.out) / fplan.name / fit_filename(primary, "chinchilla", f"partial-{size}"),
                              rows, metric=primary, law="chinchilla", size=size, final_step=final)
         print("\n".join(partial_lines(rows, size, final)))
@@ -464,9 +467,10 @@ def _add_fit(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=None,
                    help="bootstrap resamples (default: fit.bootstrap or 1000)")
     p.add_argument("--level", type=float, default=0.95, help="interval confidence level (default: 0.95)")
-    p.add_argument("--loss", choices=["huber", "squares"], default="huber",
-                   help="robust Huber (default) or least squares, on log residuals")
-    p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log residuals (default: 1e-3)")
+    p.add_argument("--loss", choices=["huber", "squares"], default=None,
+                   help="robust Huber or least squares, on log residuals (default: fit.loss, else huber)")
+    p.add_argument("--delta", type=float, default=None,
+                   help="Huber delta on log residuals (default: fit.delta, else 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
     p.add_argument("--workers", type=int, default=None,
                    help="fits run at once, one process each (default: one per CPU, at most 4, or "

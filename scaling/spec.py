@@ -356,6 +356,12 @@ class FitSpec:
     "Metric fitted (default: eval/iw/<evaluation.primary>)."
     bootstrap: int = 1000
     "Bootstrap resamples for the intervals."
+    loss: Literal["huber", "squares"] = "huber"
+    "Objective on log residuals: 'huber' (robust to an outlying run) or 'squares' (least squares)."
+    delta: float = 1e-3
+    ("Huber δ on log residuals (1e-3 as in Hoffmann et al. 2022). Far below the spread between the runs of a size, "
+     "Huber is an L1 fit: with an even number of runs per size and a law that can pass through every size (as many "
+     "parameters as sizes) its optimum is not unique and the fit warns; use 'squares' or a δ near the spread.")
     target_error: float | None = None
     ("The accuracy the sweep aims for: the report states, for each size law, whether it predicted each held-out "
      "size within this relative error (0.02 = 2%) with the actual value inside the interval.")
@@ -435,6 +441,7 @@ def _check(spec: Spec) -> None:
         "evaluation.samples": spec.evaluation.samples, "evaluation.batch_size": spec.evaluation.batch_size,
         "launch.max_parallel": spec.launch.max_parallel, "fit.bootstrap": spec.fit.bootstrap,
         "evaluation.lambda_step": spec.evaluation.lambda_step, "train.optimizer.lr": spec.train.optimizer.lr,
+        "fit.delta": spec.fit.delta,
     }
     for name, size in sizes.items():
         check_name(name, f"model.sizes.{name}", "size name")

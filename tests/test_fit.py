@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from scaling.cli import main
-from scaling.errors import FitError
+from scaling.errors import FitError, SpecError
 from scaling.fit import (
     FitOptions,
     FitPlan,
@@ -24,6 +24,7 @@ from scaling.fit import (
 )
 from scaling.fit.core import bootstrap, fit_arrays
 from scaling.laws import LAWS, Law, Param, get_law, register
+from scaling.spec import load_sweep
 
 from .fit_helpers import SIZES, TRUTH, law_value, tidy_table
 
@@ -335,3 +336,54 @@ def test_fits_run_in_parallel_give_the_same_files_and_errors(tmp_path):
     assert parallel == serial
     assert len(serial[0]) == 4 + 8 and [e[0] for e in serial[1]] == ["iw-empty__power__params.json",
                                                                      "iw-empty__power_offset__params.json"]
+
+
+# --- a flat optimum: replicate runs under a Huber loss far below their spread ---------------------------
+
+def replicate_table(spread: float = 0.03) -> pd.DataFrame:
+    """Two runs at each of S/M/L, `spread` above and below 0.05 + 20·n^-0.65 (their means are on the law), and an
+    XL on the law: power_offset has as many parameters as there are sizes, like the demo's fit."""
+    rows = []
+    for size, n in {"S": 2e4, "M": 4e4, "L": 1e5, "XL": 2.5e5}.items():
+        for seed, f in enumerate((1.0,) if size == "XL" else (1 + spread, 1 - spread)):
+            rows.append({"run_id": f"{size}-s{seed}", "size": size, "params": n, "status": "FINISHED", "step": 600,
+                         "loss": (0.05 + 20.0 * n ** -0.65) * f})
+    return pd.DataFrame(rows)
+
+
+def test_a_flat_huber_optimum_is_reported_and_least_squares_is_unique():
+    t = replicate_table()
+    huber = fit_size_law(t, "power_offset", "loss", ["params"], holdout=["XL"], loso=False,
+                         opts=FitOptions(bootstrap=0, starts=16))
+    flat = [w for w in huber.warnings if w.startswith("the optimum is not unique")]
+    assert len(flat) == 1 and "XL anywhere in [" in flat[0] and "fit.loss: squares" in flat[0]
+    lo, hi = (float(v) for v in flat[0].split("XL anywhere in [")[1].split("]")[0].split(", "))
+    assert hi > lo * 1.005 and lo <= huber.holdout[0].predicted <= hi  # the data do not pick the prediction
+    for opts in (FitOptions(bootstrap=0, starts=16, loss="squares"), FitOptions(bootstrap=0, starts=16, delta=0.1)):
+        r = fit_size_law(t, "power_offset", "loss", ["params"], holdout=["XL"], loso=False, opts=opts)
+        assert not any(w.startswith("the optimum is not unique") for w in r.warnings), opts
+        assert abs(r.holdout[0].relative_error) < 1e-3, opts  # through the sizes' means: on the law at XL
+
+
+def test_the_sweeps_fit_loss_and_delta_are_used_unless_the_command_overrides_them(tmp_path, monkeypatch):
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).parents[1] / "sweeps" / "demo.yaml").read_text())
+    data["fit"] |= {"loss": "squares", "laws": ["power_offset"]}
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    t = replicate_table().rename(columns={"loss": "eval/iw/laplace"})
+    t.to_csv(tmp_path / "runs" / "demo" / "table.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "fits" / "demo" / "iw-laplace__power_offset__params.json"
+    for argv, loss, delta in ((["flat.yaml"], "squares", 1e-3), (["flat.yaml", "--loss", "huber", "--delta", "0.05"],
+                                                                 "huber", 0.05)):
+        assert main(["fit", *argv, "--bootstrap", "0", "--no-curves"]) == 0
+        saved = json.loads(out.read_text())
+        assert (saved["loss"], saved["delta"]) == (loss, delta)
+    assert main(["fit", "flat.yaml", "--delta", "0", "--no-curves"]) == 2
+    data["fit"]["delta"] = -1
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match="must be positive") as e:
+        load_sweep(tmp_path / "bad.yaml")
+    assert e.value.path == "fit.delta"

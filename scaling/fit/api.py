@@ -67,6 +67,8 @@ class Fitted:
     on_bound: tuple[bool, ...]
     resamples: int
     unit: str
+    ties: np.ndarray | None = None
+    "Other optima with the same objective (`Optimum.ties`), fitted space."
 
     def values(self, theta=None) -> dict[str, float]:
         theta = self.theta if theta is None else theta
@@ -105,7 +107,7 @@ def fit_arrays(law: Law, X: np.ndarray, y: np.ndarray, units: np.ndarray, opts: 
     if X.shape[1] <= len(law.params):
         B = 0
     boot = bootstrap(law, X, y, opt.theta, units, strata, B, opts.seed, opts.loss, opts.delta, opts.workers)
-    return Fitted(law, opt.theta, boot, opt.objective, opt.converged, opt.on_bound, B, unit)
+    return Fitted(law, opt.theta, boot, opt.objective, opt.converged, opt.on_bound, B, unit, opt.ties)
 
 
 def _interval(v):
@@ -170,6 +172,31 @@ def reliability(fitted: Fitted, n: int, sizes: int, preds: tuple[Prediction, ...
     return w
 
 
+def tie_warning(fitted: Fitted, X: np.ndarray, preds: tuple[Prediction, ...], x_cols: list[str],
+                opts: FitOptions) -> str | None:
+    """Words for a flat optimum: other parameters fit equally well and predict other values (None: they agree
+    within 0.1% at the predicted points, or at the largest fitted x when nothing is predicted)."""
+    if fitted.ties is None:
+        return None
+    if preds:
+        where = [(p.label, np.array([[p.x[c]] for c in x_cols], dtype=float)) for p in preds]
+    else:
+        i = int(np.argmax(X[0]))
+        where = [(f"the largest fitted {x_cols[0]} ({X[0, i]:.4g})", X[:, i:i + 1])]
+    spans = []
+    for label, at in where:
+        v = np.array([float(fitted.law(*at, **fitted.values(t))[0]) for t in (fitted.theta, *fitted.ties)])
+        if v.max() - v.min() > 1e-3 * abs(v[0]):
+            spans.append(f"{label} anywhere in [{v.min():.4g}, {v.max():.4g}] (this fit: {v[0]:.4g})")
+    if not spans:
+        return None
+    why = (f"a Huber loss with delta {opts.delta:g}, far below the spread between the runs of a size, is an L1 "
+           "fit, which any curve between a size's middle runs minimizes; use fit.loss: squares (--loss squares) "
+           "or a fit.delta near that spread" if opts.loss == "huber" else "the law has more freedom than the data")
+    return (f"the optimum is not unique: {len(fitted.ties)} other start(s) reached the same objective with other "
+            f"parameters, predicting {'; '.join(spans)}. {why[0].upper()}{why[1:]}")
+
+
 def make_result(fitted: Fitted, pts: pd.DataFrame, x_cols: list[str], metric: str, opts: FitOptions, *,
                 name: str, axis: str, excluded=(), holdout=(), loso=(), warnings=(), extra=None) -> FitResult:
     law = fitted.law
@@ -190,6 +217,9 @@ def make_result(fitted: Fitted, pts: pd.DataFrame, x_cols: list[str], metric: st
     samples = tuple(tuple(float(p.to_value(t)) for p, t in zip(law.params, th)) for th in fitted.boot[:MAX_SAMPLES])
     warn = [*reliability(fitted, len(y), len(np.unique(X[0])), (*holdout,), float(X[0].max()), x_cols[0],
                          opts.level), *warnings]
+    tie = tie_warning(fitted, X, (*holdout,), x_cols, opts)
+    if tie:
+        warn.insert(0, tie)
     for w in warn:
         log.debug("%s %s %s: %s", metric, law.name, axis, w)
     return FitResult(

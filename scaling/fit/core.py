@@ -41,6 +41,13 @@ class Optimum:
     objective: float
     converged: bool
     on_bound: tuple[bool, ...]
+    ties: np.ndarray | None = None
+    """(k, P) other optima (original space) that other starts reached with the same objective (within
+    `TIE_RTOL`) but other parameters: the objective is flat there and the data do not pick one (None: none)."""
+
+
+TIE_RTOL = 1e-6     # objectives this close (relative) are the same optimum's value
+TIE_PARAMS = 1e-3   # ... and parameters further apart than this (in the fitted space) are another optimum
 
 
 class Problem:
@@ -115,20 +122,23 @@ class Problem:
         """L-BFGS-B from each start (normalized space); the lowest objective wins (ties: the first)."""
         lo, hi = np.array(self.bounds).T
         wsum = float(w.sum())
-        best = None
+        best, found = None, []
         for x0 in starts_n:
             res = minimize(self.fun_grad, np.clip(x0, lo, hi), args=(w, wsum), jac=True, method="L-BFGS-B",
                            bounds=self.bounds, options={"maxiter": maxiter, "ftol": 1e-13, "gtol": 1e-9})
+            found.append(res)
             if best is None or res.fun < best.fun - 1e-14:
                 best = res
-        theta = self.from_fit(np.asarray(best.x, dtype=float))
         nlo, nhi = np.array(self.natural_bounds).T
-        theta = np.clip(theta, nlo, nhi)
+        theta = np.clip(self.from_fit(np.asarray(best.x, dtype=float)), nlo, nhi)
+        tol = TIE_RTOL * max(abs(best.fun), 1e-12)
+        ties = [np.clip(self.from_fit(np.asarray(r.x, dtype=float)), nlo, nhi) for r in found
+                if r.fun <= best.fun + tol and np.max(np.abs(r.x - best.x)) > TIE_PARAMS]
         on_bound = tuple(bool(_near(t, a) or _near(t, b)) for t, a, b in zip(theta, nlo, nhi))
         # L-BFGS-B may end with an ABNORMAL line search at a flat optimum: converged if the gradient
         # of the free parameters is ~0 there.
         converged = (bool(best.success) or _flat(best, self.bounds)) and best.fun < _BAD
-        return Optimum(theta, float(best.fun), converged, on_bound)
+        return Optimum(theta, float(best.fun), converged, on_bound, np.array(ties) if ties else None)
 
     def best_starts(self, w: np.ndarray, n: int) -> np.ndarray:
         """The `n` best points of the law's initial grid (normalized space), scored all at once."""
