@@ -15,8 +15,8 @@ per weighting, law and design, the median and largest |error|, how many subsets 
     PYTHONPATH=$PWD python -m benchmarks.seed_subsets --table /tmp/seeds/table.csv --k 2,3 --laws power_offset
     PYTHONPATH=$PWD python -m benchmarks.seed_subsets --table /tmp/seeds/table.csv --design S=4,M=4,L=2 --draws 20
 
-The fits are those of `scaling fit` (the sweep's `fit:` block: laws, x, holdout, bootstrap resamples), without
-leave-one-size-out, one fit per CPU at a time.
+The fits are those of `scaling fit` (the sweep's `fit:` block: laws, x, holdout, bootstrap resamples, loss and
+delta; `--loss`, `--delta` override the last two), without leave-one-size-out, one fit per CPU at a time.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class SubsetFigures:
     "Relative error of the held-out prediction, one per subset."
     inside: tuple[bool, ...]
     subsets: tuple[Selection, ...]
+    flat: tuple[bool, ...] = ()
+    "Whether each fit warned that its optimum is not unique (other parameters fit as well, predict otherwise)."
 
     @property
     def median_abs(self) -> float:
@@ -64,17 +66,17 @@ class SubsetFigures:
         return sum(abs(e) <= target for e in self.errors)
 
 
-def _fit_one(args) -> tuple[float, bool]:
-    table, selection, law, metric, x, holdout, bootstrap = args
+def _fit_one(args) -> tuple[float, bool, bool]:
+    table, selection, law, metric, x, holdout, bootstrap, loss, delta = args
     from scaling.fit.api import FitOptions, fit_size_law
 
     keep = table["size"].astype(str).isin(holdout)
     for size, seeds in selection:
         keep |= (table["size"].astype(str) == size) & table["seed"].isin(seeds)
     r = fit_size_law(table[keep], law, metric, [x], holdout=holdout,
-                     opts=FitOptions(bootstrap=bootstrap, workers=1), loso=False)
+                     opts=FitOptions(bootstrap=bootstrap, workers=1, loss=loss, delta=delta), loso=False)
     p = next(p for p in r.holdout if p.relative_error is not None)
-    return p.relative_error, bool(p.inside)
+    return p.relative_error, bool(p.inside), any(w.startswith("the optimum is not unique") for w in r.warnings)
 
 
 def seeds_per_size(table, holdout: list[str]) -> dict[str, list[int]]:
@@ -112,7 +114,8 @@ def drawn_subsets(seeds: dict[str, list[int]], design: dict[str, int], draws: in
 
 
 def study(table, metrics: list[str], laws: list[str], designs: dict[str, list[Selection]], x: str = "params",
-          holdout: list[str] = ("XL",), bootstrap: int = 1000, processes: int | None = None) -> list[SubsetFigures]:
+          holdout: list[str] = ("XL",), bootstrap: int = 1000, processes: int | None = None, loss: str = "huber",
+          delta: float = 1e-3) -> list[SubsetFigures]:
     """Refit every (metric, law) on every selection of every design; one `SubsetFigures` per combination."""
     holdout = [str(h) for h in holdout]
     base = [c for c in ("run_id", "size", "seed", "step", "status", "params", x) if c in table.columns]
@@ -120,7 +123,7 @@ def study(table, metrics: list[str], laws: list[str], designs: dict[str, list[Se
     jobs, keys = [], []
     for metric, law, (name, selections) in itertools.product(metrics, laws, designs.items()):
         for sel in selections:
-            jobs.append((slim[metric], sel, law, metric, x, holdout, bootstrap))
+            jobs.append((slim[metric], sel, law, metric, x, holdout, bootstrap, loss, delta))
             keys.append((metric, law, name, sel))
     with ProcessPoolExecutor(processes or os.cpu_count() or 1) as ex:
         results = list(ex.map(_fit_one, jobs))
@@ -128,15 +131,16 @@ def study(table, metrics: list[str], laws: list[str], designs: dict[str, list[Se
     for (metric, law, name), group in itertools.groupby(zip(keys, results), key=lambda kr: kr[0][:3]):
         group = list(group)
         out.append(SubsetFigures(metric, law, name, tuple(r[0] for _, r in group), tuple(r[1] for _, r in group),
-                                 tuple(key[3] for key, _ in group)))
+                                 tuple(key[3] for key, _ in group), tuple(r[2] for _, r in group)))
     return out
 
 
 def table_lines(figures: list[SubsetFigures], target: float) -> list[str]:
-    head = ["weighting", "law", "design", "subsets", "median |err|", "max |err|", f"within {target:.0%}", "inside"]
+    head = ["weighting", "law", "design", "subsets", "median |err|", "max |err|", f"within {target:.0%}", "inside",
+            "not unique"]
     rows = [[f.metric.removeprefix("eval/iw/"), f.law, f.design, str(len(f.errors)), f"{f.median_abs:.2%}",
-             f"{f.max_abs:.2%}", f"{f.within(target)}/{len(f.errors)}", f"{sum(f.inside)}/{len(f.inside)}"]
-            for f in figures]
+             f"{f.max_abs:.2%}", f"{f.within(target)}/{len(f.errors)}", f"{sum(f.inside)}/{len(f.inside)}",
+             f"{sum(f.flat)}/{len(f.flat)}"] for f in figures]
     widths = [max(len(c) for c in col) for col in zip(head, *rows)]
     return ["  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in [head, *rows]]
 
@@ -189,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default=None, help="comma-separated (default: every eval/iw/* column)")
     p.add_argument("--laws", default=None, help="comma-separated (default: the sweep's fit.laws)")
     p.add_argument("--bootstrap", type=int, default=None, help="resamples per fit (default: the sweep's)")
+    p.add_argument("--loss", choices=("huber", "squares"), default=None, help="fit objective (default: fit.loss)")
+    p.add_argument("--delta", type=float, default=None, help="Huber delta (default: fit.delta)")
     args = p.parse_args(argv)
     import pandas as pd
 
@@ -216,9 +222,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--design {text!r}: expected SIZE=K,SIZE=K (e.g. S=4,M=4,L=2)")
         design = {size: design.get(size, ks[0]) for size in seeds} | design
         designs[",".join(f"{s}={k}" for s, k in design.items())] = drawn_subsets(seeds, design, args.draws)
-    figures = study(table, metrics, laws, designs, spec.fit.x, holdout, args.bootstrap or spec.fit.bootstrap)
+    loss, delta = args.loss or spec.fit.loss, spec.fit.delta if args.delta is None else args.delta
+    figures = study(table, metrics, laws, designs, spec.fit.x, holdout, args.bootstrap or spec.fit.bootstrap,
+                    loss=loss, delta=delta)
     target = spec.fit.target_error or 0.02
-    print(f"backtest of {', '.join(holdout)} over subsets of the seeds ({args.table}):")
+    objective = "least squares" if loss == "squares" else f"Huber delta {delta:g}"
+    print(f"backtest of {', '.join(holdout)} over subsets of the seeds ({args.table}), {objective}; 'not unique': "
+          "fits whose optimum is not unique (other parameters fit as well and predict otherwise):")
     for line in table_lines(figures, target):
         print(line)
     return 0

@@ -66,3 +66,18 @@ def test_a_k_larger_than_the_seeds_is_refused():
         designs(seeded_table({0: 0.0, 1: 0.0, 2: 0.0}), [4])
     with pytest.raises(SystemExit, match="no run of the held-out size"):
         designs(seeded_table({0: 0.0, 1: 0.0})[lambda t: t["size"] != "XL"], [1])
+
+
+def test_the_study_fits_with_the_given_objective_and_counts_flat_optima():
+    # two seeds 3% above and below the law at every fitted size: their means are on the law
+    rows = []
+    for size, n in PARAMS.items():
+        for seed, f in enumerate((1.0, 1.0) if size == "XL" else (1.03, 0.97)):
+            rows.append({"run_id": f"t-{size}-s{seed}", "size": size, "seed": seed, "params": n, "step": 600,
+                         "status": "FINISHED", "eval/iw/laplace": law(n) * f})
+    t = pd.DataFrame(rows)
+    huber, squares = (study(t, ["eval/iw/laplace"], ["power_offset"], designs(t, [2]), bootstrap=20, processes=1,
+                            loss=loss)[0] for loss in ("huber", "squares"))
+    assert huber.flat == (True,) and squares.flat == (False,)
+    assert abs(squares.errors[0]) < 1e-3  # least squares: through the means, so on the law at XL
+    assert table_lines([huber], 0.02)[1].split()[-1] == "1/1"
