@@ -6,7 +6,9 @@ scale parameters as logarithms. For conditioning, each input that a parameter de
 (`Param.scales`) is divided by its geometric mean x₀ and those parameters are rescaled to match;
 results are mapped back, so this changes nothing but the number of iterations. The whole initial grid is scored in one
 vectorized numpy call; L-BFGS-B (gradient from central differences of log f, computed in the same
-vectorized call) starts from the best few grid points; the lowest objective wins. Deterministic.
+vectorized call) starts from the best few grid points; the lowest objective wins. Deterministic. Other starts
+that end at the same objective with other parameters are kept (`Optimum.ties`): the optimum is then not unique
+(e.g. Huber with δ far below the spread of replicate runs, an L1 fit), and `scaling.fit.api` warns.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class Optimum:
     converged: bool
     on_bound: tuple[bool, ...]
     ties: np.ndarray | None = None
-    """(k, P) other optima (original space) that other starts reached with the same objective (within
+    """(k, P) other optima, in the space of `theta`, that other starts reached with the same objective (within
     `TIE_RTOL`) but other parameters: the objective is flat there and the data do not pick one (None: none)."""
 
 
