@@ -68,7 +68,7 @@ class SubsetFigures:
 
 def _fit_one(args) -> tuple[float, bool, bool]:
     table, selection, law, metric, x, holdout, bootstrap, loss, delta = args
-    from scaling.fit.api import FitOptions, fit_size_law
+    from scaling.fit.api import NOT_UNIQUE, FitOptions, fit_size_law
 
     keep = table["size"].astype(str).isin(holdout)
     for size, seeds in selection:
@@ -76,7 +76,7 @@ def _fit_one(args) -> tuple[float, bool, bool]:
     r = fit_size_law(table[keep], law, metric, [x], holdout=holdout,
                      opts=FitOptions(bootstrap=bootstrap, workers=1, loss=loss, delta=delta), loso=False)
     p = next(p for p in r.holdout if p.relative_error is not None)
-    return p.relative_error, bool(p.inside), any(w.startswith("the optimum is not unique") for w in r.warnings)
+    return p.relative_error, bool(p.inside), any(w.startswith(NOT_UNIQUE) for w in r.warnings)
 
 
 def seeds_per_size(table, holdout: list[str]) -> dict[str, list[int]]:

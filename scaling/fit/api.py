@@ -17,6 +17,8 @@ from scaling.laws import Law, get_law
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 200   # bootstrap parameter vectors kept in the JSON for drawing bands
+NOT_UNIQUE = "the optimum is not unique"
+"The start of the warning of a fit whose optimum is not unique (`tie_warning`)."
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,7 @@ def tie_warning(fitted: Fitted, X: np.ndarray, preds: tuple[Prediction, ...], x_
     why = (f"a Huber loss with delta {opts.delta:g}, far below the spread between the runs of a size, is an L1 "
            "fit, which any curve between a size's middle runs minimizes; use fit.loss: squares (--loss squares) "
            "or a fit.delta near that spread" if opts.loss == "huber" else "the law has more freedom than the data")
-    return (f"the optimum is not unique: {len(fitted.ties)} other start(s) reached the same objective with other "
+    return (f"{NOT_UNIQUE}: {len(fitted.ties)} other start(s) reached the same objective with other "
             f"parameters, predicting {'; '.join(spans)}. {why[0].upper()}{why[1:]}")
 
 
