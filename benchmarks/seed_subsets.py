@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import random
 import statistics
 import sys
@@ -125,7 +124,9 @@ def study(table, metrics: list[str], laws: list[str], designs: dict[str, list[Se
         for sel in selections:
             jobs.append((slim[metric], sel, law, metric, x, holdout, bootstrap, loss, delta))
             keys.append((metric, law, name, sel))
-    with ProcessPoolExecutor(processes or os.cpu_count() or 1) as ex:
+    from scaling.fit.core import usable_cpus
+
+    with ProcessPoolExecutor(processes or usable_cpus()) as ex:
         results = list(ex.map(_fit_one, jobs))
     out = []
     for (metric, law, name), group in itertools.groupby(zip(keys, results), key=lambda kr: kr[0][:3]):

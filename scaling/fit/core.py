@@ -264,5 +264,10 @@ def default_workers(resamples: int, n_points: int) -> int:
     env = os.environ.get("SCALING_FIT_WORKERS")
     if env:
         return max(1, int(env))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     return min(cpus, 4) if cpus >= PARALLEL_CPUS and resamples * n_points >= PARALLEL_WORK else 1
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity where the OS has one, else the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

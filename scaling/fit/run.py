@@ -19,6 +19,7 @@ import pandas as pd
 
 from scaling.errors import FitError
 from scaling.fit.api import FitOptions, Target, fit_curve, fit_size_law
+from scaling.fit.core import usable_cpus
 from scaling.fit.result import FitResult, fit_filename
 from scaling.fit.table import Columns, normalized
 from scaling.laws import get_law
@@ -94,31 +95,27 @@ def fit_table(table: pd.DataFrame, plan: FitPlan, out_dir: str | os.PathLike = "
     processes = plan.opts.workers or fit_processes()
     # In parallel each fit is one task and its bootstrap runs in that process (the same numbers either way)
     opts = replace(plan.opts, workers=1) if processes > 1 else plan.opts
-    tasks: list[tuple[str, Callable[[], FitResult]]] = []
-
-    def attempt(fname: str, make: Callable[[], FitResult]) -> None:
-        tasks.append((fname, make))
-
+    tasks: list[tuple[str, Callable[[], FitResult]]] = []  # (file name, the fit), run below
     for metric in metrics:
         for law_name in plan.laws:
             law = get_law(law_name)
             x_cols = [x] if len(law.inputs) == 1 else [x, x2]
             axis = x_cols[0] if len(x_cols) == 1 else "-".join(x_cols)
             targets = [_with_x2(t, x_cols) for t in plan.targets]
-            attempt(fit_filename(metric, law_name, axis), lambda law_name=law_name, x_cols=x_cols, targets=targets,
-                    metric=metric: fit_size_law(
-                        table, law_name, metric, x_cols, holdout=holdout, extra_targets=[t for t in targets if t],
-                        cols=plan.cols, include_unfinished=plan.include_unfinished, opts=opts, name=plan.name))
+            tasks.append((fit_filename(metric, law_name, axis), lambda law_name=law_name, x_cols=x_cols,
+                          targets=targets, metric=metric: fit_size_law(
+                              table, law_name, metric, x_cols, holdout=holdout, extra_targets=[t for t in targets if t],
+                              cols=plan.cols, include_unfinished=plan.include_unfinished, opts=opts, name=plan.name)))
     if plan.curves and plan.cols.step in table.columns:
         sizes = _sizes(table, plan.cols, primary)
         for law_name in plan.laws:
             if len(get_law(law_name).inputs) != 1:
                 continue
             for size in sizes:
-                attempt(fit_filename(primary, law_name, f"steps-{size}"),
-                        lambda law_name=law_name, size=size: fit_curve(
-                            table, law_name, primary, size, x_col=plan.cols.step, cols=plan.cols, opts=opts,
-                            name=plan.name))
+                tasks.append((fit_filename(primary, law_name, f"steps-{size}"),
+                              lambda law_name=law_name, size=size: fit_curve(
+                                  table, law_name, primary, size, x_col=plan.cols.step, cols=plan.cols, opts=opts,
+                                  name=plan.name)))
     results, errors = [], []
     for (fname, _), (res, error) in zip(tasks, _run_all([make for _, make in tasks], processes)):
         if error is not None:
@@ -142,8 +139,7 @@ def fit_processes() -> int:
     env = os.environ.get(FIT_PROCESSES)
     if env:
         return max(1, int(env))
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(cpus, 4)
+    return min(usable_cpus(), 4)
 
 
 _TASKS: list[Callable[[], FitResult]] | None = None  # the fits of the pool being run (inherited through fork)
