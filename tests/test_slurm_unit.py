@@ -210,3 +210,40 @@ def test_cli_dry_run_prints_the_sbatch_text(tmp_path, gpu_profiles, capsys):
     assert out.count("#!/bin/bash") == 3 and "# --- array of 3 jobs: big-L-6steps-s0" in out
     assert "--cluster" not in out and not (Path("/shared/runs")).exists()
     assert main(["submit", str(gpu_sweep(tmp_path)), "--dry-run", "--cluster", "nope"]) == 2
+
+
+FINISHED_THEN_WARNED = """
+import os, signal, sys, time
+from types import SimpleNamespace
+import scaling.launch.slurm as slurm
+from scaling.launch.slurm import SlurmRunner
+from scaling.spec import parse_sweep
+from tests.conftest import tiny_sweep_dict
+
+slurm.STOP_GRACE_S = 0  # a KILLED job waits this long for SLURM's kill or requeue
+signal.signal(signal.SIGUSR2, lambda *_: sys.exit(3))  # as submitit's handler: requeue, then exit
+spec = parse_sweep(tiny_sweep_dict())
+runner = SlurmRunner(spec, None, lambda spec, job: lambda: SimpleNamespace(status=sys.argv[1]))
+result = runner()
+print(result.status, signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN, flush=True)
+os.kill(os.getpid(), signal.SIGUSR2)  # the time-limit warning, after the job has finished
+time.sleep(0.2)
+"""
+
+
+def test_a_time_limit_warning_after_the_job_finished_neither_requeues_nor_kills_it(tmp_path):
+    """SLURM sends USR2 `--signal` seconds before the limit; a job that finishes just before it must exit 0 (a
+    CI run recorded FAILED, exit 12, for a job whose result was FINISHED: the signal came during shutdown)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SUBMITIT_FOLDER": str(tmp_path), "SLURM_JOB_ID": "42",
+           "SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "PYTHONPATH": str(REPO)}
+    env.pop("SLURM_JOB_NODELIST", None)
+    done = subprocess.run([sys.executable, "-c", FINISHED_THEN_WARNED, "FINISHED"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stdout.split()) == (0, ["FINISHED", "True"]), done.stderr
+    # a job stopped by a signal (KILLED) keeps submitit's handler: the USR2 that follows requeues it
+    killed = subprocess.run([sys.executable, "-c", FINISHED_THEN_WARNED, "KILLED"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert (killed.returncode, killed.stdout.split()) == (3, ["KILLED", "False"]), killed.stderr

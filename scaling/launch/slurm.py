@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -87,6 +88,12 @@ class SlurmRunner(Checkpointable):
             # Stopped by SIGTERM (scancel, scontrol requeue, preemption): SLURM kills or requeues us within
             # KillWait; a USR2 that follows (submitit's interrupt) reaches submitit's handler, now restored.
             time.sleep(STOP_GRACE_S)
+        else:
+            # Done: the time-limit warning (USR2, `--signal` seconds before the limit) may still come while
+            # submitit writes the result or Python shuts down. Submitit would requeue the finished job, and at
+            # shutdown Python restores the default action, which kills the task: SLURM then records FAILED
+            # (exit 12) for a job that finished. Ignored, it does neither (Python keeps SIG_IGN at shutdown).
+            signal.signal(env._usr_sig(), signal.SIG_IGN)
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> DelayedSubmission:
