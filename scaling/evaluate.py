@@ -9,6 +9,11 @@ same denoising problems (common random numbers) and an evaluation repeated on th
 same numbers to float rounding. Usable from any training loop: `denoise_fn(z, λ, y)` is any callable that
 returns the network output (ε̂ or v̂, per `prediction`) for z (B, C, H, W), λ (B,) and labels y (B,) or None.
 
+In a data-parallel job every rank can share the work: `Evaluator(..., rank=r, world_size=W)` evaluates the
+batches b with b % W == r (the same batches, so the same numbers, as one process) and sums the pair losses
+over the ranks with one `all_reduce`; every rank gets the whole result. The evaluation then takes 1/W of
+the time, and no rank waits for another.
+
     result = importance_weighted_loss(model, (x, y), lambda_grid(spec.evaluation), spec.evaluation.weightings,
                                       noise_seed=1234, prediction="eps", batch_size=256)
     result.iw["laplace"], result.per_level   # L_iw per weighting label, ℓ per grid level (K,)
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from scaling.diffusion import add_noise, to_eps
 from scaling.errors import SpecError
@@ -32,7 +38,8 @@ log = logging.getLogger(__name__)
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 CACHE_LIMIT_BYTES = 512 * 2**20
-"""The fixed noise of an `Evaluator` is kept in memory when it takes at most this much; else regenerated."""
+"""The fixed noise of an `Evaluator` (of its rank's batches) is kept in memory when it takes at most this much;
+else it is regenerated at every call."""
 
 
 def lambda_grid(spec: EvalSpec) -> torch.Tensor:
@@ -89,6 +96,8 @@ class Evaluator:
 
     `data` is x (N, C, H, W) or (x, y) with y (N,) labels or None; `weightings` are `Weighting`s or names.
     `batch_size` is the number of (image, level) pairs per call of the denoiser; it does not change the result.
+    `rank` and `world_size` share the batches among the ranks of a joined process group (`torch.distributed`);
+    every rank must then call the evaluator, and each gets the whole result.
     """
 
     def __init__(
@@ -101,6 +110,8 @@ class Evaluator:
         prediction: str = "eps",
         batch_size: int = 256,
         device: torch.device | str | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         x, y = data if isinstance(data, (tuple, list)) else (data, None)
         if x.dim() != 4:
@@ -109,6 +120,8 @@ class Evaluator:
             raise SpecError(f"{len(y)} labels for {len(x)} held-out images")
         if batch_size <= 0:
             raise SpecError(f"batch_size must be positive, got {batch_size}", "evaluation.batch_size")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not within world size {world_size}")
         self.x = x.detach().float().cpu()
         self.y = None if y is None else torch.as_tensor(y).long().cpu()
         self.grid = np.asarray(torch.as_tensor(grid, dtype=torch.float64).cpu(), dtype=np.float64)
@@ -122,23 +135,32 @@ class Evaluator:
         self.prediction = prediction
         self.batch_size = int(batch_size)
         self.device = None if device is None else torch.device(device)
-        self._noise: torch.Tensor | None = None  # (K, N, C, H, W) when cached
+        self.rank, self.world_size = int(rank), int(world_size)
+        self._noise: dict[int, torch.Tensor] = {}  # this rank's batches' noise, by first pair, when it fits
+        self._cache = sum(len(b) for b in self.batches()) * self.x[0].numel() * 4 <= CACHE_LIMIT_BYTES
 
     @property
     def pairs(self) -> int:
-        """Denoiser evaluations per call: images × levels."""
+        """Denoiser evaluations per call: images × levels (of all ranks together)."""
         return len(self.x) * len(self.grid)
+
+    def batches(self) -> list[range]:
+        """This rank's batches of pairs (level-major pair indices): every `world_size`-th, from `rank`."""
+        starts = range(self.rank * self.batch_size, self.pairs, self.world_size * self.batch_size)
+        return [range(s, min(s + self.batch_size, self.pairs)) for s in starts]
 
     def noise(self, levels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """The fixed noise of the given (level, image) pairs, (P, C, H, W)."""
         shape = tuple(self.x.shape[1:])
-        if self._noise is None and self.pairs * self.x[0].numel() * 4 <= CACHE_LIMIT_BYTES:
-            k, n = len(self.grid), len(self.x)
-            self._noise = torch.stack([pair_noise(self.noise_seed, i, j, shape) for j in range(k) for i in range(n)])
-            self._noise = self._noise.view(k, n, *shape)
-        if self._noise is not None:
-            return self._noise[levels, images]
         return torch.stack([pair_noise(self.noise_seed, int(i), int(j), shape) for j, i in zip(levels, images)])
+
+    def _batch_noise(self, batch: range, levels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        eps = self._noise.get(batch.start)
+        if eps is None:
+            eps = self.noise(levels, images)
+            if self._cache:
+                self._noise[batch.start] = eps
+        return eps
 
     def __call__(self, denoise_fn: DenoiseFn) -> EvalResult:
         module = _module_of(denoise_fn)
@@ -155,7 +177,7 @@ class Evaluator:
         finally:
             if module is not None and was_training:
                 module.train()
-        if not np.all(np.isfinite(per_level)):
+        if self.rank == 0 and not np.all(np.isfinite(per_level)):  # every rank has the same numbers
             log.warning("non-finite per-level losses at λ = %s", self.grid[~np.isfinite(per_level)])
         iw = {w.label: iw_from_levels(per_level, self.grid, w) for w in self.weightings}
         return EvalResult(iw=iw, per_level=per_level, grid=self.grid.copy())
@@ -167,19 +189,24 @@ class Evaluator:
 
     def _pair_losses(self, denoise_fn: DenoiseFn, device: torch.device) -> np.ndarray:
         n, k = len(self.x), len(self.grid)
+        if self.world_size > 1 and not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(f"an Evaluator of world size {self.world_size} needs the job's process group: call "
+                               "torch.distributed.init_process_group first, or evaluate with world_size=1")
         grid32 = torch.as_tensor(self.grid, dtype=torch.float32)
-        out = torch.zeros(k * n, dtype=torch.float64)
-        for start in range(0, n * k, self.batch_size):
-            p = torch.arange(start, min(start + self.batch_size, n * k))
+        out = torch.zeros(k * n, dtype=torch.float64, device=device)
+        for batch in self.batches():
+            p = torch.arange(batch.start, batch.stop)
             levels, images = p // n, p % n  # level-major order of the (level, image) pairs
-            eps = self.noise(levels, images).to(device)
+            eps = self._batch_noise(batch, levels, images).to(device)
             x = self.x[images].to(device)
             lam = grid32[levels].to(device)
             y = None if self.y is None else self.y[images].to(device)
             z = add_noise(x, eps, lam)
             eps_hat = to_eps(denoise_fn(z, lam, y).float(), z, lam, self.prediction)
-            out[p] = (eps_hat - eps).pow(2).flatten(1).mean(1).double().cpu()  # (P,)
-        return out.view(k, n).numpy()
+            out[batch.start:batch.stop] = (eps_hat - eps).pow(2).flatten(1).mean(1).double()  # (P,)
+        if self.world_size > 1:
+            dist.all_reduce(out)  # each pair is non-zero on one rank only: the sum is exact
+        return out.cpu().view(k, n).numpy()
 
 
 def importance_weighted_loss(

@@ -107,13 +107,71 @@ def test_model_mode_and_grad_are_restored(data):
 
 def test_evaluator_caches_noise_that_equals_the_per_pair_noise(data, monkeypatch):
     x, _ = data
-    ev = Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9)
-    cached = ev.noise(torch.tensor([2, 0]), torch.tensor([5, 1]))
-    assert torch.equal(cached[0], pair_noise(9, 5, 2, (1, 8, 8)))
+    model = small_dit()
+    ev = Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9, batch_size=4)
+    assert torch.equal(ev.noise(torch.tensor([2, 0]), torch.tensor([5, 1]))[0], pair_noise(9, 5, 2, (1, 8, 8)))
+    first = ev(model)
+    assert sorted(ev._noise) == list(range(0, 18, 4))  # every batch's noise, kept
+    assert torch.equal(ev._noise[16], ev.noise(torch.tensor([2, 2]), torch.tensor([4, 5])))  # pairs 16, 17
     monkeypatch.setattr("scaling.evaluate.CACHE_LIMIT_BYTES", 0)
-    fresh = Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9)
-    assert torch.equal(fresh.noise(torch.tensor([2, 0]), torch.tensor([5, 1])), cached)
+    fresh = Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9, batch_size=4)
+    assert np.array_equal(fresh(model).per_level, first.per_level) and not fresh._noise
+    assert np.array_equal(ev(model).per_level, first.per_level)  # from the cache: the same numbers
     assert ev.pairs == 18
+
+
+def test_ranks_take_every_other_batch(data):
+    x, _ = data
+    shards = [Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9, batch_size=4, rank=r, world_size=3)
+              for r in range(3)]
+    assert [[(b.start, b.stop) for b in e.batches()] for e in shards] == [[(0, 4), (12, 16)], [(4, 8), (16, 18)],
+                                                                         [(8, 12)]]
+    one = Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9, batch_size=4).batches()
+    assert sorted(p for e in shards for b in e.batches() for p in b) == [p for b in one for p in b]
+    with pytest.raises(RuntimeError, match="process group"):  # a shard alone would miss the other pairs
+        shards[1](small_dit())
+    with pytest.raises(ValueError, match="rank 3 is not within world size 3"):
+        Evaluator(x, [0.0, 1.0], ["laplace"], noise_seed=0, rank=3, world_size=3)
+
+
+def _evaluate_as_rank(rank: int, world_size: int, port: int, out: str) -> None:
+    """One rank of `test_ranks_share_the_evaluation...`: its result and the pairs its model saw."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        model, seen = small_dit(), []
+
+        def probe(z, lam, y):
+            seen.append(len(z))
+            return model(z, lam, y)
+
+        x = heldout(DataSpec(image_size=8), 6)
+        result = Evaluator(x, torch.linspace(-8, 8, 9, dtype=torch.float64), WEIGHTINGS, noise_seed=3,
+                           batch_size=7, rank=rank, world_size=world_size)(probe)
+        torch.save({"per_level": result.per_level, "iw": dict(result.iw), "seen": sum(seen)}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_share_the_evaluation_and_each_gets_the_one_process_result(data, tmp_path):
+    """Two gloo ranks evaluate every other batch and all-reduce: the same numbers, bit for bit, as one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_evaluate_as_rank, args=(2, port, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(2)]
+    one = Evaluator(data, torch.linspace(-8, 8, 9, dtype=torch.float64), WEIGHTINGS, noise_seed=3,
+                    batch_size=7)(small_dit())
+    assert [r["seen"] for r in ranks] == [28, 26]  # 54 pairs in 8 batches of 7 (the last of 5): 4 each
+    for r in ranks:
+        assert np.array_equal(r["per_level"], one.per_level)
+        assert r["iw"] == dict(one.iw)
 
 
 def test_metrics_keys():

@@ -176,6 +176,7 @@ def test_two_ranks_with_gloo_match_one_process(tmp_path):
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
     assert results[0].metrics["train/loss"] == pytest.approx(one.metrics["train/loss"], rel=1e-5)
     assert results[0].metrics["eval/iw/laplace"] == pytest.approx(one.metrics["eval/iw/laplace"], rel=1e-4)
+    assert results[1].metrics["eval/iw/laplace"] == results[0].metrics["eval/iw/laplace"]  # both ranks evaluated
     assert len(b["ranks"]) == 2  # every rank's RNG and data position are in the checkpoint
 
 

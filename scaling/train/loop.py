@@ -4,8 +4,9 @@ Per step: the LR of the step (`lr_at`, a pure function of the step), this rank's
 batch from `TrainStream`, its slice of the global noise (`training_loss(..., rank, world_size)`: ranks
 together use exactly the draws one process would), backward (DDP averages the gradients), one all-reduce of
 (loss, stop flag), a NaN/inf check, gradient clipping, `optimizer.step()`. Then, on their intervals:
-log (`train/loss`, `train/lr`, `progress/*`, `perf/samples_per_s`), evaluate (rank 0; `eval/iw/*`,
-`eval/level/*`) and checkpoint (rank 0 writes; every rank's RNG and data state are gathered into it).
+log (`train/loss`, `train/lr`, `progress/*`, `perf/samples_per_s`), evaluate (every rank its share of the
+pairs, rank 0 logs `eval/iw/*` and `eval/level/*`) and checkpoint (rank 0 writes; every rank's RNG and data
+state are gathered into it).
 
 A checkpoint holds the model, AdamW's state, the step (the schedule's only state), every RNG state, and
 the data stream position, so resuming continues bit for bit on CPU.
@@ -97,13 +98,11 @@ class Trainer:
         if self.env.distributed:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.net = compiled(net, self.device) if spec.train.compile else net
-        self.evaluator = None
-        if self.env.is_main:
-            ev = spec.evaluation
-            data = heldout(spec.data, ev.samples)
-            self.evaluator = Evaluator(data, lambda_grid(ev), ev.weightings, noise_seed=ev.noise_seed,
-                                       prediction=spec.diffusion.prediction, batch_size=ev.batch_size,
-                                       device=self.device)
+        ev = spec.evaluation  # every rank evaluates its share of the (image, level) pairs
+        self.evaluator = Evaluator(heldout(spec.data, ev.samples), lambda_grid(ev), ev.weightings,
+                                   noise_seed=ev.noise_seed, prediction=spec.diffusion.prediction,
+                                   batch_size=ev.batch_size, device=self.device, rank=self.env.rank,
+                                   world_size=self.env.world_size)
 
     def _state(self, step: int, finished: bool) -> dict | None:
         """The checkpoint of `step` (on rank 0; None elsewhere). Every rank must call it (it gathers)."""
@@ -150,11 +149,11 @@ class Trainer:
 
     def _evaluate(self, step: int) -> None:
         t = time.perf_counter()
-        if self.evaluator is not None:
-            result = self.evaluator(self.model)  # fp32, unwrapped: the same numbers on any launcher
-            metrics = result.metrics()
-            self.runlog.log(step, metrics)
-            self.metrics.update({k: v for k, v in metrics.items() if k.startswith("eval/iw/")})
+        result = self.evaluator(self.model)  # fp32, unwrapped: the same numbers on any launcher and world size
+        metrics = result.metrics()
+        self.metrics.update({k: v for k, v in metrics.items() if k.startswith("eval/iw/")})
+        self.runlog.log(step, metrics)  # other ranks' run logs are in memory
+        if self.env.is_main:
             log.info("%s step %d: L_iw %s", self.job.run_id, step,
                      ", ".join(f"{k}={v:.4f}" for k, v in result.iw.items()))
         self.timings["eval"] += time.perf_counter() - t
