@@ -87,7 +87,7 @@ def bench_demo(ctx: Context) -> list[Figure]:
 
 
 def bench_overhead(ctx: Context) -> list[Figure]:
-    from benchmarks.overhead import measure, table_lines, total
+    from benchmarks.overhead import loop_spread, measure, table_lines, total
 
     sizes = ctx.sizes
     if sizes is None and ctx.quick:
@@ -101,14 +101,21 @@ def bench_overhead(ctx: Context) -> list[Figure]:
     t = total(per_size)
     a = t.bare_wall
     which = "all sizes" if len(per_size) > 1 else f"size {per_size[0].size}"
+    repeats = f"; per repeat {', '.join(f'{v:+.1%}' for v in t.per_repeat)}" if len(t.runs) > 1 else ""
     figures = [
         Figure(f"overhead vs bare loop, {which}", 100 * t.overhead, "%", "< 3",
-               f"wall: job {t.job_wall:.1f} s vs bare {a:.1f} s; same losses: {'yes' if t.same_loss else 'NO'}"),
+               f"wall: job {t.job_wall:.1f} s vs bare {a:.1f} s; same losses: {'yes' if t.same_loss else 'NO'}"
+               f"{repeats}"),
         Figure("  of which evaluation", 100 * t.eval_s / a, "%", "", f"{t.eval_s:.1f} s"),
         Figure("  of which checkpoints", 100 * t.checkpoint_s / a, "%", "", f"{t.checkpoint_s:.2f} s"),
         Figure("  of which tracking", 100 * t.tracking_s / a, "%", "",
                f"{t.tracking_s:.1f} s, incl. the launcher's {t.launcher_s:.2f} s (relay, import share)"),
         Figure("  of which set-up + loop", 100 * t.loop_s / a, "%", "", "held-out set, evaluator; noise"),
+    ]
+    if len(t.runs) > 1:
+        figures.append(Figure("  set-up + loop of one pair, spread", 100 * loop_spread(per_size), "% std", "",
+                              "std over the repeats, pooled over the sizes: the same training timed in two processes"))
+    figures += [
         Figure(f"overhead in CPU time, {which}", 100 * t.cpu_overhead, "%", "< 3",
                f"job {t.job_cpu:.1f} s vs bare {t.bare_cpu:.1f} s (all threads)"),
         Figure(f"overhead, timed parts, {which}", 100 * (t.eval_s + t.checkpoint_s + t.tracking_s) / a, "%", "< 3",

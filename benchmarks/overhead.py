@@ -182,6 +182,8 @@ class SizeOverhead:
     checkpoint_s: float
     same_loss: bool
     "The job's last logged training loss equals the bare loop's (the same training)."
+    runs: tuple[tuple[float, float, float], ...] = ()
+    """Per repeat, the pair run one after the other: (bare wall, job wall, job set-up + steps), seconds."""
 
     @property
     def overhead(self) -> float:
@@ -199,6 +201,17 @@ class SizeOverhead:
     def loop_s(self) -> float:
         """The trainer's set-up + steps minus the whole bare run."""
         return self.setup_s + self.train_s - self.bare_wall
+
+    @property
+    def per_repeat(self) -> list[float]:
+        """The overhead of each repeat's pair alone."""
+        return [(job - bare) / bare for bare, job, _ in self.runs]
+
+    @property
+    def loop_per_repeat(self) -> list[float]:
+        """The set-up + loop difference of each repeat's pair, over its bare time: the same training timed in
+        two processes, so its spread is the timing noise of one pair."""
+        return [(loop - bare) / bare for bare, _, loop in self.runs]
 
 
 def measure(sweep: str | Path = DEMO, overrides: dict | None = None, sizes: list[str] | None = None,
@@ -248,7 +261,9 @@ def measure(sweep: str | Path = DEMO, overrides: dict | None = None, sizes: list
         b, j = med["bare"], med["job"]
         fig = SizeOverhead(size, job.params, job.steps, b["wall_s"], b["cpu_s"], j["wall_s"], j["cpu_s"],
                            j["launcher_s"], j["setup_s"], j["train_s"], j["eval_s"], j["checkpoint_s"],
-                           all(x["loss"] == y["loss"] for x, y in zip(runs["bare"], runs["job"])))
+                           all(x["loss"] == y["loss"] for x, y in zip(runs["bare"], runs["job"])),
+                           tuple((x["wall_s"], y["wall_s"], y["setup_s"] + y["train_s"])
+                                 for x, y in zip(runs["bare"], runs["job"])))
         figures.append(fig)
         if echo:
             echo(f"  {size}: bare {fig.bare_wall:.1f} s, job {fig.job_wall:.1f} s, overhead {fig.overhead:+.1%}"
@@ -270,7 +285,20 @@ def total(figures: list[SizeOverhead]) -> SizeOverhead:
 
     return SizeOverhead("all", int(s("params")), int(s("steps")), s("bare_wall"), s("bare_cpu"), s("job_wall"),
                         s("job_cpu"), s("launcher_s"), s("setup_s"), s("train_s"), s("eval_s"), s("checkpoint_s"),
-                        all(f.same_loss for f in figures))
+                        all(f.same_loss for f in figures),
+                        tuple(tuple(map(sum, zip(*pairs))) for pairs in zip(*(f.runs for f in figures))))
+
+
+def loop_spread(figures: list[SizeOverhead]) -> float:
+    """The standard deviation of the set-up + loop difference of single pairs, pooled over the sizes (each
+    about its size's mean): how much the same training's time differs between two processes. NaN with one
+    repeat."""
+    deviations = []
+    for f in figures:
+        values = f.loop_per_repeat
+        deviations += [v - statistics.fmean(values) for v in values] if len(values) > 1 else []
+    dof = sum(len(f.runs) - 1 for f in figures if len(f.runs) > 1)
+    return (sum(d * d for d in deviations) / dof) ** 0.5 if dof else float("nan")
 
 
 def table_lines(figures: list[SizeOverhead]) -> list[str]:
@@ -303,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                       echo=print, tracking=args.tracking)
     print("\n".join(table_lines(figures)))
     print("overhead = (job - bare) / bare wall time; eval, ckpt, tracking, set-up+loop: its parts, over bare")
+    if args.repeat > 1:
+        print(f"per repeat, all sizes: {', '.join(f'{v:+.1%}' for v in total(figures).per_repeat)}; set-up + loop "
+              f"of one pair varies by {loop_spread(figures):.1%} (std): the same training timed in two processes")
     return 0
 
 

@@ -64,3 +64,20 @@ def test_unknown_measurement_is_refused(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "unknown measurement(s) nope; valid: demo, overhead" in capsys.readouterr().err
+
+
+def test_overhead_per_repeat_and_the_spread_of_the_same_training():
+    """Each repeat's pair gives its own overhead (summed over the sizes for all sizes), and the set-up + loop
+    difference of single pairs gives the timing noise, pooled over the sizes about each size's mean."""
+    from benchmarks.overhead import SizeOverhead, loop_spread, total
+
+    def size(name, runs):
+        return SizeOverhead(name, 1, 1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, True, runs)
+
+    s = size("S", ((10.0, 10.5, 10.1), (10.0, 10.2, 9.9), (11.0, 11.4, 11.0)))
+    m = size("M", ((20.0, 20.6, 20.4), (20.0, 20.4, 20.0), (20.0, 20.8, 20.2)))
+    assert s.per_repeat == pytest.approx([0.05, 0.02, 0.4 / 11])
+    assert s.loop_per_repeat == pytest.approx([0.01, -0.01, 0.0])
+    assert total([s, m]).per_repeat == pytest.approx([1.1 / 30, 0.6 / 30, 1.2 / 31])
+    assert loop_spread([s, m]) == pytest.approx(0.01)  # S: ±1% about 0; M: 2%, 0%, 1% about 1%
+    assert math.isnan(loop_spread([size("S", ((10.0, 10.5, 10.1),))]))  # one repeat: no spread
