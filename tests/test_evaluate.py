@@ -128,6 +128,8 @@ def test_ranks_take_every_other_batch(data):
                                                                          [(8, 12)]]
     one = Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9, batch_size=4).batches()
     assert sorted(p for e in shards for b in e.batches() for p in b) == [p for b in one for p in b]
+    idle = Evaluator(x, [-2.0, 0.0, 2.0], ["laplace"], noise_seed=9, batch_size=4, rank=5, world_size=6)
+    assert idle.batches() == []  # more ranks than batches: this one only joins the all-reduce
     with pytest.raises(RuntimeError, match="process group"):  # a shard alone would miss the other pairs
         shards[1](small_dit())
     with pytest.raises(ValueError, match="rank 3 is not within world size 3"):
