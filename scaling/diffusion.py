@@ -188,8 +188,15 @@ def training_loss(
     gradients) gives the single-process loss of the global batch.
     """
     lam, eps = sample_noise(x, generator, spec, rank=rank, world_size=world_size)
+    return weighted_losses(model, x, y, lam, eps, spec).mean()
+
+
+def weighted_losses(model, x: torch.Tensor, y: torch.Tensor | None, lam: torch.Tensor, eps: torch.Tensor,
+                    spec: DiffusionSpec) -> torch.Tensor:
+    """r(λ_i)·mean‖ε̂_i − ε_i‖² per sample (B,) for given λ and ε: the terms whose mean is `training_loss`.
+
+    For gradient accumulation: draw λ and ε of the whole (local) batch with `sample_noise`, then sum this over
+    micro-batches divided by the batch size."""
     losses = per_sample_loss(model, x, y, lam, eps, spec.prediction)
     ratio = importance_ratio(spec, lam)
-    if ratio is not None:
-        losses = losses * ratio.to(losses)
-    return losses.mean()
+    return losses if ratio is None else losses * ratio.to(losses)

@@ -39,6 +39,8 @@ class Job:
     "Resolved resources."
     workdir: str
     "Checkpoints and logs: <launch.workdir>/<sweep>/<run id>."
+    micro_batch_size: int | None = None
+    "Samples per forward/backward pass on each rank (gradient accumulation); None: the rank's whole share."
 
     @property
     def total_flops(self) -> float:
@@ -96,5 +98,6 @@ def plan(spec: Spec, profile: Resources | None = None) -> list[Job]:
                     steps=steps, batch_size=batch, tokens_per_sample=info.tokens, flops_per_step=flops_per_step,
                     lr=lr_for(spec, size), resources=spec.resources_for(size, profile),
                     workdir=str(Path(spec.launch.workdir) / spec.name / rid),
+                    micro_batch_size=spec.micro_batch_for(size),
                 ))
     return jobs

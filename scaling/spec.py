@@ -138,6 +138,8 @@ class SizeSpec:
     "Patch size p: the image is cut into (image_size/p)² tokens."
     lr: float | None = None
     "This size's learning rate, overriding `train.optimizer.lr` (written by `scaling tune`)."
+    micro_batch_size: int | None = None
+    "This size's `train.micro_batch_size` (a large size fits fewer samples per pass on a GPU)."
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,11 @@ class TrainSpec:
     "One budget or a list (N-data sweeps): 600 or '600steps' (steps), '2xC' (× compute-optimal tokens), '1e15flops'."
     batch_size: int = 64
     "Global batch size (split over data-parallel ranks)."
+    micro_batch_size: int | None = None
+    """Samples per forward/backward pass on each rank: a rank's share of the batch (batch_size / ranks) is
+    accumulated over share / micro_batch_size passes per optimizer step, with the same gradient (gradient
+    accumulation; DDP all-reduces once, after the last pass). null: the whole share in one pass. Per size:
+    `model.sizes.X.micro_batch_size`."""
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     "Optimizer settings."
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
@@ -420,6 +427,11 @@ class Spec:
             return seeds[size] if size in seeds else seeds["default"]
         return seeds
 
+    def micro_batch_for(self, size: str) -> int | None:
+        """The micro-batch of a size: its own `micro_batch_size`, else `train.micro_batch_size` (None: whole)."""
+        own = self.model.sizes[size].micro_batch_size
+        return own if own is not None else self.train.micro_batch_size
+
     def resources_for(self, size: str, profile: Resources | None = None) -> Resources:
         """Resolved resources of a size: per-size, then `default`, then the profile, then local defaults."""
         res = self.launch.resources.get(size, Resources()).over(self.launch.resources.get("default", Resources()))
@@ -457,6 +469,15 @@ def _check(spec: Spec) -> None:
     for key, number in positive.items():
         if number <= 0:
             raise SpecError(f"must be positive, got {number}", key)
+    for name, size in sizes.items():
+        micro = spec.micro_batch_for(name)
+        where = (f"model.sizes.{name}.micro_batch_size" if size.micro_batch_size is not None
+                 else "train.micro_batch_size")
+        if micro is not None and micro <= 0:
+            raise SpecError(f"must be positive, got {micro} (null: the whole batch in one pass)", where)
+        if micro is not None and spec.train.batch_size % micro:
+            raise SpecError(f"train.batch_size {spec.train.batch_size} is not a multiple of {micro}; choose a "
+                            "micro_batch_size that divides each rank's share of the batch", where)
     if spec.fit.target_error is not None and not 0 < spec.fit.target_error < 1:
         raise SpecError(f"must be a relative error between 0 and 1 (0.02 = 2%), got {spec.fit.target_error}",
                         "fit.target_error")

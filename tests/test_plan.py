@@ -22,6 +22,15 @@ def test_replanning_gives_the_same_ids():
     assert [len(spec.seeds_for(s)) for s in ("S", "M", "L", "XL")] == [4, 4, 2, 2]
 
 
+def test_micro_batch_per_size_over_the_sweeps():
+    data = tiny_sweep_dict()
+    assert {j.micro_batch_size for j in plan(parse_sweep(data))} == {None}  # default: the whole share at once
+    data["train"]["micro_batch_size"] = 4
+    data["model"]["sizes"]["L"]["micro_batch_size"] = 2
+    jobs = plan(parse_sweep(data))
+    assert [(j.size, j.micro_batch_size, j.batch_size) for j in jobs] == [("S", 4, 8), ("M", 4, 8), ("L", 2, 8)]
+
+
 def test_seeds_per_size_with_a_default_and_their_errors():
     data = tiny_sweep_dict()
     data["train"]["seeds"] = {"default": [0], "S": [0, 1, 2]}

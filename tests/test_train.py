@@ -159,18 +159,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ranks_with_gloo_match_one_process(tmp_path):
+@pytest.mark.parametrize("micro", [None, 2])
+def test_two_ranks_with_gloo_match_one_process(tmp_path, micro):
+    """Two DDP ranks (each on its half of the batch, in one pass or accumulated over micro-batches of 2 with
+    the gradient all-reduced once) train what one process trains on the whole batch in one pass."""
     options = {"budget": 8, "batch_size": 8, "ckpt_every": 100, "eval_every": 100}
     spec, job = tiny(tmp_path / "one", **options)
     one = JobRunner(spec, job, track=False)()
     port = str(_free_port())
     workdir = tmp_path / "two"
     workdir.mkdir()
+    options["micro_batch_size"] = micro
     procs = [_child(workdir, env=_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
                                       MASTER_PORT=port), **options) for r in range(2)]
     results = [_result(p) for p in procs]
     assert [r.status for r in results] == ["FINISHED", "FINISHED"] and results[0].step == 8
     _, two_job = tiny(workdir, **options)
+    assert two_job.micro_batch_size == micro
     a, b = _final(job), _final(two_job)
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
@@ -178,6 +183,40 @@ def test_two_ranks_with_gloo_match_one_process(tmp_path):
     assert results[0].metrics["eval/iw/laplace"] == pytest.approx(one.metrics["eval/iw/laplace"], rel=1e-4)
     assert results[1].metrics["eval/iw/laplace"] == results[0].metrics["eval/iw/laplace"]  # both ranks evaluated
     assert len(b["ranks"]) == 2  # every rank's RNG and data position are in the checkpoint
+
+
+def test_micro_batches_accumulate_the_gradient_of_the_whole_batch(tmp_path, monkeypatch):
+    """micro_batch_size 2 of a batch of 8: four forward/backward passes per step, the same λ and ε, the same
+    training as one pass (to float rounding), and a share that micro-batches do not divide is refused."""
+    from scaling.models import DiT
+
+    options = {"budget": 8, "ckpt_every": 100, "eval_every": 8}
+    whole = JobRunner(*tiny(tmp_path / "whole", **options), track=False)()
+    spec, job = tiny(tmp_path / "micro", micro_batch_size=2, **options)
+    assert job.micro_batch_size == 2
+    passes, forward = [], DiT.forward
+
+    def counted(self, z, lam, y=None):
+        if torch.is_grad_enabled():  # training passes, not the evaluation's
+            passes.append(len(z))
+        return forward(self, z, lam, y)
+
+    monkeypatch.setattr(DiT, "forward", counted)
+    micro = JobRunner(spec, job, track=False)()
+    assert passes == [2] * 4 * 8
+    _, whole_job = tiny(tmp_path / "whole", **options)
+    a, b = _final(whole_job), _final(job)
+    for key in a["model"]:
+        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-4, atol=1e-6, msg=key)
+    assert micro.metrics["train/loss"] == pytest.approx(whole.metrics["train/loss"], rel=1e-5)
+    assert micro.metrics["eval/iw/laplace"] == pytest.approx(whole.metrics["eval/iw/laplace"], rel=1e-5)
+
+    from scaling.train.dist import DistEnv
+    from scaling.train.loop import Trainer
+
+    spec, job = tiny(tmp_path / "four", micro_batch_size=4, **options)
+    with pytest.raises(TrainError, match="trains on 2 samples per step, not a multiple of micro_batch_size 4"):
+        Trainer(spec, job, DistEnv(rank=0, world_size=4), torch.device("cpu"), None, None)
 
 
 def test_mlflow_run_is_killed_then_resumed_and_finished(tmp_path, monkeypatch, mlflow_uri):

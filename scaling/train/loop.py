@@ -2,7 +2,8 @@
 
 Per step: the LR of the step (`lr_at`, a pure function of the step), this rank's slice of the global
 batch from `TrainStream`, its slice of the global noise (`training_loss(..., rank, world_size)`: ranks
-together use exactly the draws one process would), backward (DDP averages the gradients), one all-reduce of
+together use exactly the draws one process would), backward (DDP averages the gradients; with
+`micro_batch_size`, forward and backward per micro-batch, the gradients accumulated), one all-reduce of
 (loss, stop flag), a NaN/inf check, gradient clipping, `optimizer.step()`. Then, on their intervals:
 log (`train/loss`, `train/lr`, `progress/*`, `perf/samples_per_s`), evaluate (every rank its share of the
 pairs, rank 0 logs `eval/iw/*` and `eval/level/*`) and checkpoint (rank 0 writes; every rank's RNG and data
@@ -25,7 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from scaling.data import TrainStream, heldout
-from scaling.diffusion import training_loss
+from scaling.diffusion import sample_noise, training_loss, weighted_losses
 from scaling.errors import TrainError
 from scaling.evaluate import Evaluator, lambda_grid
 from scaling.models import build_model
@@ -76,6 +77,11 @@ class Trainer:
         if job.batch_size % env.world_size:
             raise TrainError(f"global batch {job.batch_size} is not divisible by the {env.world_size} ranks of "
                              f"{job.run_id}; change train.batch_size or the number of GPUs")
+        share = job.batch_size // env.world_size
+        if job.micro_batch_size and share % job.micro_batch_size:
+            raise TrainError(f"each of the {env.world_size} ranks of {job.run_id} trains on {share} samples per step, "
+                             f"not a multiple of micro_batch_size {job.micro_batch_size}; choose a micro_batch_size "
+                             f"that divides {share}, or change train.batch_size or the number of GPUs")
         self.timings = {"setup": 0.0, "train": 0.0, "eval": 0.0, "checkpoint": 0.0}
         self.metrics: dict[str, float] = {}
 
@@ -95,8 +101,10 @@ class Trainer:
         if self.autocast is not None and self.device.type == "cpu":
             log.warning("bf16 autocast on CPU is slow; precision: auto uses fp32 there")
         net: torch.nn.Module = self.model
+        self.ddp: DistributedDataParallel | None = None
         if self.env.distributed:
-            net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            net = self.ddp = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda"
+                                                     else None)
         self.net = compiled(net, self.device) if spec.train.compile else net
         ev = spec.evaluation  # every rank evaluates its share of the (image, level) pairs
         self.evaluator = Evaluator(heldout(spec.data, ev.samples), lambda_grid(ev), ev.weightings,
@@ -177,11 +185,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             x, y = self._batch()
-            with torch.autocast(self.device.type, self.autocast) if self.autocast else nullcontext():
-                loss = training_loss(self.net, x, y, self.generator, spec.diffusion,
-                                     rank=self.env.rank, world_size=self.env.world_size)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._forward_backward(x, y)
             total, stops = all_sum([loss.item(), float(self.stop.requested)], self.env, self.device)
             mean_loss = total / self.env.world_size
             if not math.isfinite(mean_loss):
@@ -216,6 +221,32 @@ class Trainer:
         self._save(step, finished=True)
         self.runlog.flush()
         return self._result(step)
+
+    def _forward_backward(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """This rank's loss of the step, its gradients computed: in one pass, or accumulated over micro-batches
+        (the λ and ε of the whole share drawn first, so the draws do not depend on the micro-batch; DDP syncs
+        the gradients in the last pass only)."""
+        diffusion, env = self.spec.diffusion, self.env
+        amp = torch.autocast(self.device.type, self.autocast) if self.autocast else nullcontext()
+        micro = self.job.micro_batch_size
+        if not micro or micro >= len(x):
+            with amp:
+                loss = training_loss(self.net, x, y, self.generator, diffusion, rank=env.rank,
+                                     world_size=env.world_size)
+            loss.backward()
+            return loss
+        lam, eps = sample_noise(x, self.generator, diffusion, rank=env.rank, world_size=env.world_size)
+        total = torch.zeros((), device=x.device)
+        for start in range(0, len(x), micro):
+            part = slice(start, start + micro)
+            last = start + micro >= len(x)
+            with self.ddp.no_sync() if self.ddp is not None and not last else nullcontext():
+                with amp:
+                    loss = weighted_losses(self.net, x[part], None if y is None else y[part], lam[part], eps[part],
+                                           diffusion).sum() / len(x)
+                loss.backward()
+            total += loss.detach().float()
+        return total
 
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, y = next(self.stream)
