@@ -159,19 +159,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("micro", [None, 2])
-def test_two_ranks_with_gloo_match_one_process(tmp_path, micro):
+@pytest.mark.parametrize("micro, compile", [(None, False), (2, False), (2, True)])
+def test_two_ranks_with_gloo_match_one_process(tmp_path, micro, compile):
     """Two DDP ranks (each on its half of the batch, in one pass or accumulated over micro-batches of 2 with
-    the gradient all-reduced once) train what one process trains on the whole batch in one pass."""
+    the gradient all-reduced once, eager or through torch.compile's aot_eager traces of the DDP module) train
+    what one process trains on the whole batch in one pass."""
     options = {"budget": 8, "batch_size": 8, "ckpt_every": 100, "eval_every": 100}
     spec, job = tiny(tmp_path / "one", **options)
     one = JobRunner(spec, job, track=False)()
     port = str(_free_port())
     workdir = tmp_path / "two"
     workdir.mkdir()
-    options["micro_batch_size"] = micro
+    options.update(micro_batch_size=micro, compile=compile)
+    backend = {"SCALING_COMPILE_BACKEND": "aot_eager"} if compile else {}
     procs = [_child(workdir, env=_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1",
-                                      MASTER_PORT=port), **options) for r in range(2)]
+                                      MASTER_PORT=port, **backend), **options) for r in range(2)]
     results = [_result(p) for p in procs]
     assert [r.status for r in results] == ["FINISHED", "FINISHED"] and results[0].step == 8
     _, two_job = tiny(workdir, **options)
