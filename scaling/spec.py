@@ -217,8 +217,8 @@ class TrainSpec:
     micro_batch_size: int | None = None
     """Samples per forward/backward pass on each rank: a rank's share of the batch (batch_size / ranks) is
     accumulated over share / micro_batch_size passes per optimizer step, with the same gradient (gradient
-    accumulation; DDP all-reduces once, after the last pass). null: the whole share in one pass. Per size:
-    `model.sizes.X.micro_batch_size`."""
+    accumulation; DDP all-reduces once, after the last pass). null, or a share no larger: the whole share in one
+    pass. Per size: `model.sizes.X.micro_batch_size`."""
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     "Optimizer settings."
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
@@ -475,7 +475,7 @@ def _check(spec: Spec) -> None:
                  else "train.micro_batch_size")
         if micro is not None and micro <= 0:
             raise SpecError(f"must be positive, got {micro} (null: the whole batch in one pass)", where)
-        if micro is not None and spec.train.batch_size % micro:
+        if micro is not None and micro < spec.train.batch_size and spec.train.batch_size % micro:
             raise SpecError(f"train.batch_size {spec.train.batch_size} is not a multiple of {micro}; choose a "
                             "micro_batch_size that divides each rank's share of the batch", where)
     if spec.fit.target_error is not None and not 0 < spec.fit.target_error < 1:

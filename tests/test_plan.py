@@ -29,6 +29,8 @@ def test_micro_batch_per_size_over_the_sweeps():
     data["model"]["sizes"]["L"]["micro_batch_size"] = 2
     jobs = plan(parse_sweep(data))
     assert [(j.size, j.micro_batch_size, j.batch_size) for j in jobs] == [("S", 4, 8), ("M", 4, 8), ("L", 2, 8)]
+    data["train"]["micro_batch_size"] = 16  # larger than the batch: one pass, not an error
+    assert plan(parse_sweep(data))[0].micro_batch_size == 16
 
 
 def test_seeds_per_size_with_a_default_and_their_errors():

@@ -70,7 +70,7 @@ def test_budget_forms(value, kind, amount, label):
     (lambda d: d["train"].update(batch_size=0), "train.batch_size", "must be positive"),
     (lambda d: d["train"].update(micro_batch_size=0), "train.micro_batch_size", "must be positive"),
     (lambda d: d["train"].update(batch_size=8, micro_batch_size=3), "train.micro_batch_size",
-     "train.batch_size 8 is not a multiple of 3"),
+     "train.batch_size 8 is not a multiple of 3"),  # (a micro-batch of 16, larger than the batch, is one pass)
     (lambda d: (d["train"].update(batch_size=8, micro_batch_size=4), d["model"]["sizes"]["L"].update(
         micro_batch_size=5)), "model.sizes.L.micro_batch_size", "not a multiple of 5"),
     (lambda d: d.update(launch={"resources": {"XXL": {"gpus": 1}}}), "launch.resources.XXL", "valid: default, S"),

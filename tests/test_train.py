@@ -216,9 +216,11 @@ def test_micro_batches_accumulate_the_gradient_of_the_whole_batch(tmp_path, monk
     from scaling.train.dist import DistEnv
     from scaling.train.loop import Trainer
 
-    spec, job = tiny(tmp_path / "four", micro_batch_size=4, **options)
-    with pytest.raises(TrainError, match="trains on 2 samples per step, not a multiple of micro_batch_size 4"):
-        Trainer(spec, job, DistEnv(rank=0, world_size=4), torch.device("cpu"), None, None)
+    spec, job = tiny(tmp_path / "three", micro_batch_size=4, batch_size=12, **options)
+    with pytest.raises(TrainError, match="trains on 6 samples per step, not a multiple of micro_batch_size 4"):
+        Trainer(spec, job, DistEnv(rank=0, world_size=2), torch.device("cpu"), None, None)
+    spec, job = tiny(tmp_path / "four", micro_batch_size=4, **options)  # a share of 2: one pass, no error
+    Trainer(spec, job, DistEnv(rank=0, world_size=4), torch.device("cpu"), None, None)
 
 
 def test_mlflow_run_is_killed_then_resumed_and_finished(tmp_path, monkeypatch, mlflow_uri):

@@ -78,7 +78,7 @@ class Trainer:
             raise TrainError(f"global batch {job.batch_size} is not divisible by the {env.world_size} ranks of "
                              f"{job.run_id}; change train.batch_size or the number of GPUs")
         share = job.batch_size // env.world_size
-        if job.micro_batch_size and share % job.micro_batch_size:
+        if job.micro_batch_size and job.micro_batch_size < share and share % job.micro_batch_size:
             raise TrainError(f"each of the {env.world_size} ranks of {job.run_id} trains on {share} samples per step, "
                              f"not a multiple of micro_batch_size {job.micro_batch_size}; choose a micro_batch_size "
                              f"that divides {share}, or change train.batch_size or the number of GPUs")
