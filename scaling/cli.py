@@ -40,7 +40,8 @@ def plan_rows(spec, jobs, device_tflops: float | None) -> list[dict]:
         r = job.resources
         row = {
             "run_id": job.run_id, "size": job.size, "params": job.params, "budget": job.budget.label,
-            "seed": job.seed, "steps": job.steps, "batch_size": job.batch_size, "lr": job.lr,
+            "seed": job.seed, "steps": job.steps, "batch_size": job.batch_size,
+            "micro_batch_size": job.micro_batch_size, "lr": job.lr,
             "flops_per_step": job.flops_per_step, "total_flops": job.total_flops,
             "resources": {"nodes": r.nodes, "gpus": r.gpus, "tasks_per_node": r.tasks_per_node, "cpus": r.cpus,
                           "mem_gb": r.mem_gb, "time_min": r.time_min, "partition": r.partition,
@@ -67,6 +68,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     head = ["run id", "size", "params", "steps", "FLOPs/step", "total FLOPs", "lr", "resources"]
     if args.device_tflops:
         head.insert(6, "GPU-h")
+    micro = any(job.micro_batch_size for job in jobs)
+    if micro:
+        head.insert(4, "micro-batch")
     table = []
     for row, job in zip(rows, jobs):
         r = job.resources
@@ -76,6 +80,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
                  _si(job.total_flops), f"{job.lr:.3g}", res]
         if args.device_tflops:
             cells.insert(6, f"{row['gpu_hours']:.1f}")
+        if micro:
+            cells.insert(4, str(job.micro_batch_size or "-"))
         table.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *table)]
     print(f"sweep {spec.name} ({spec.source}): {len(jobs)} jobs, backend {spec.launch.backend}, "

@@ -52,6 +52,19 @@ def test_plan_json_and_gpu_hours():
     assert xl["gpu_hours"] == pytest.approx(jobs[-1].total_flops / 300e12 / 3600)
 
 
+def test_plan_shows_micro_batches_when_a_size_has_one(tmp_path: Path):
+    text = (REPO / "sweeps" / "vsd-t2i.yaml").read_text()
+    assert "micro-batch" not in scaling("plan", "sweeps/vsd-t2i.yaml").stdout
+    sweep = tmp_path / "vsd.yaml"
+    sweep.write_text(text.replace("  micro_batch_size: null", "  micro_batch_size: 64", 1))
+    out = scaling("plan", str(sweep))
+    assert out.returncode == 0, out.stderr
+    head, s_row = out.stdout.splitlines()[1:3]
+    assert head.split()[5] == "micro-batch" and s_row.split()[4] == "64"  # after the steps ("run id": 2 words)
+    doc = json.loads(scaling("plan", str(sweep), "--json").stdout)
+    assert {r["micro_batch_size"] for r in doc["jobs"]} == {64}
+
+
 def test_malformed_sweep_one_line_exit_2(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: demo\nmodel:\n  sizes:\n    M: {depth: 2, width: abc, heads: 2}\n")
