@@ -159,14 +159,11 @@ def _evaluate_as_rank(rank: int, world_size: int, port: int, out: str) -> None:
 
 def test_ranks_share_the_evaluation_and_each_gets_the_one_process_result(data, tmp_path):
     """Two gloo ranks evaluate every other batch and all-reduce: the same numbers, bit for bit, as one process."""
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_evaluate_as_rank, args=(2, port, str(tmp_path)), nprocs=2)
+    from tests.mlflow_server import free_port
+
+    mp.spawn(_evaluate_as_rank, args=(2, free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=False) for r in range(2)]
     one = Evaluator(data, torch.linspace(-8, 8, 9, dtype=torch.float64), WEIGHTINGS, noise_seed=3,
                     batch_size=7)(small_dit())

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import torch
 from scaling.errors import TrainError
 from scaling.train import JobResult, JobRunner
 from scaling.train.checkpoint import CheckpointStore
+from tests.mlflow_server import free_port
 from tests.train_fixtures import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,12 +153,6 @@ def test_nan_loss_fails_names_step_and_size_and_keeps_last_good_checkpoint(tmp_p
     assert "loss is" in run.data.tags[TAG_REASON] and "step 2" in run.data.tags[TAG_REASON]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("micro, compile", [(None, False), (2, False), (2, True)])
 def test_two_ranks_with_gloo_match_one_process(tmp_path, micro, compile):
     """Two DDP ranks (each on its half of the batch, in one pass or accumulated over micro-batches of 2 with
@@ -167,7 +161,7 @@ def test_two_ranks_with_gloo_match_one_process(tmp_path, micro, compile):
     options = {"budget": 8, "batch_size": 8, "ckpt_every": 100, "eval_every": 100}
     spec, job = tiny(tmp_path / "one", **options)
     one = JobRunner(spec, job, track=False)()
-    port = str(_free_port())
+    port = str(free_port())
     workdir = tmp_path / "two"
     workdir.mkdir()
     options.update(micro_batch_size=micro, compile=compile)
